@@ -1,0 +1,22 @@
+# Fresh Debian 12 / Ubuntu 22.04+ machine, as root:
+#   make demo   set up if needed, then run a container on the built-in busybox image and print its trace
+#   make test   set up if needed, then run the whole suite, notebooks included
+VENV := .venv
+STAMP := $(VENV)/.provisioned
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test bench clean-notebooks
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/provision.sh
+	scripts/provision.sh
+
+demo: $(STAMP)
+	$(VENV)/bin/minicontainer run --rm --trace --hostname demo busybox sh -c 'echo "hello from PID $$$$ in $$(hostname)"; ls /'
+
+test: $(STAMP)
+	$(PY) -m pytest -q --nbval-lax tests notebooks
+
+bench: $(STAMP)
+	$(PY) bench/run_latency.py

@@ -1,0 +1,212 @@
+"""Steps and traces: every kernel-visible action minicontainer takes, recorded.
+
+A :class:`Step` is one action another process or the kernel can see: a syscall, a
+cgroup file write, a mount, a file written into a rootfs, an HTTP request that changes a
+registry. Steps append to the active :class:`Trace`, which renders as text (for
+``minicontainer run --trace``), as an HTML table (for notebooks) and as JSON (for the
+grader).
+
+While :func:`planning` is active, :meth:`Step.do` records the step without doing it,
+which is how ``plan()`` and ``--explain`` show a run without running it.
+"""
+from __future__ import annotations
+
+import html
+import json
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Iterator
+
+PLANNED = "(planned)"
+
+
+@dataclass
+class Step:
+    """One kernel-visible action: what was done, the shell equivalent, and why."""
+
+    name: str                 # the concept a learner would look up: "pivot_root"
+    call: str                 # what was actually done: "pivot_root('.', '.')"
+    shell: str = ""           # what a learner could type instead
+    why: str = ""             # one line of explanation
+    result: str = ""
+    error: str = ""
+    duration: float = 0.0     # seconds
+    evidence: dict[str, str] = field(default_factory=dict)
+    pid: int = 0              # the process that carried the step out
+    where: str = ""           # "host", "child", "container init", ...
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    def do(self, action: Callable[..., Any], *args: Any,
+           evidence: Callable[[], dict[str, str]] | None = None) -> Any:
+        """Carry out ``action(*args)``, timing it and recording the outcome.
+
+        Under :func:`planning` the action is not run. The step is appended to the active
+        trace either way; an exception from the action is recorded and re-raised.
+        """
+        self.pid = os.getpid()
+        if _planning:
+            self.result = PLANNED
+            _emit(self)
+            return None
+        start = time.perf_counter()
+        try:
+            value = action(*args)
+        except BaseException as exc:
+            self.duration = time.perf_counter() - start
+            self.error = str(exc) or type(exc).__name__
+            _emit(self)
+            raise
+        self.duration = time.perf_counter() - start
+        if not self.result:
+            self.result = "ok" if value is None else str(value)
+        if evidence is not None:
+            try:
+                self.evidence.update(evidence())
+            except OSError as exc:  # evidence is best-effort; the step itself succeeded
+                self.evidence["unavailable"] = str(exc)
+        _emit(self)
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Step":
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+    def _repr_html_(self) -> str:
+        return Trace([self])._repr_html_()
+
+    def __str__(self) -> str:
+        return Trace([self]).text()
+
+
+class Trace:
+    """An ordered list of Steps, with text, HTML and JSON renderings."""
+
+    def __init__(self, steps: list[Step] | None = None,
+                 sink: Callable[[Step], None] | None = None):
+        self.steps: list[Step] = list(steps or [])
+        self.sink = sink  # a child process streams its steps to the parent through this
+
+    def add(self, step: Step) -> None:
+        if self.sink is not None:
+            self.sink(step)
+        else:
+            self.steps.append(step)
+
+    def extend(self, steps: list[Step]) -> None:
+        for s in steps:
+            self.add(s)
+
+    def names(self) -> list[str]:
+        return [s.name for s in self.steps]
+
+    def find(self, name: str) -> Step:
+        """The first step called ``name``; KeyError if there is none."""
+        for s in self.steps:
+            if s.name == name:
+                return s
+        raise KeyError(f"no step named {name!r} in this trace (steps: {', '.join(self.names())})")
+
+    def __iter__(self) -> Iterator[Step]:
+        return iter(self.steps)
+
+    def __len__(self) -> int:
+        return len(self.steps)
+
+    def __getitem__(self, i: int) -> Step:
+        return self.steps[i]
+
+    # ---- renderings -------------------------------------------------------------
+    def text(self, *, why: bool = True) -> str:
+        lines = []
+        for i, s in enumerate(self.steps, 1):
+            mark = "✗" if s.error else ("·" if s.result == PLANNED else "✓")
+            ms = "" if s.result == PLANNED else f" {s.duration * 1000:6.2f} ms"
+            lines.append(f"{i:2d} {mark} {s.name:<16}{ms}  {s.call}")
+            if s.shell:
+                lines.append(f"{'':21}$ {s.shell}")
+            if why and s.why:
+                lines.append(f"{'':21}# {s.why}")
+            if s.error:
+                lines.append(f"{'':21}! {s.error}")
+            for k, v in s.evidence.items():
+                lines.append(f"{'':21}{k}: {v}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        head = "<tr><th>#</th><th>step</th><th>call</th><th>shell</th><th>why</th><th>result</th><th>ms</th></tr>"
+        rows = []
+        for i, s in enumerate(self.steps, 1):
+            result = s.error or s.result
+            if s.evidence:
+                result += "<br><small>" + "<br>".join(
+                    f"{html.escape(k)}: {html.escape(v)}" for k, v in s.evidence.items()) + "</small>"
+            style = ' style="color:#b00"' if s.error else ""
+            rows.append(
+                f"<tr{style}><td>{i}</td><td><b>{html.escape(s.name)}</b></td>"
+                f"<td><code>{html.escape(s.call)}</code></td><td><code>{html.escape(s.shell)}</code></td>"
+                f"<td>{html.escape(s.why)}</td><td>{result if s.evidence else html.escape(result)}</td>"
+                f"<td>{'' if s.result == PLANNED else f'{s.duration * 1000:.2f}'}</td></tr>")
+        return f"<table>{head}{''.join(rows)}</table>"
+
+    def to_json(self) -> str:
+        return json.dumps([s.to_dict() for s in self.steps], indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> "Trace":
+        return cls([Step.from_dict(d) for d in json.loads(text)])
+
+    def __repr__(self) -> str:
+        return f"<Trace of {len(self.steps)} steps: {', '.join(self.names())}>"
+
+
+# ---- the active trace -------------------------------------------------------------
+# Module globals rather than contextvars: each process (host, container child, sandbox
+# helper) records into exactly one trace at a time, and children inherit it across fork.
+_active: Trace | None = None
+_planning = False
+
+
+def _emit(step: Step) -> None:
+    if _active is not None:
+        _active.add(step)
+
+
+def active() -> Trace | None:
+    """The trace that steps are currently recorded into, if any."""
+    return _active
+
+
+@contextmanager
+def recording(trace: Trace | None = None) -> Iterator[Trace]:
+    """Record every Step done inside the block into ``trace`` (a new one by default)."""
+    global _active
+    trace = trace if trace is not None else Trace()
+    previous, _active = _active, trace
+    try:
+        yield trace
+    finally:
+        _active = previous
+
+
+@contextmanager
+def planning() -> Iterator[Trace]:
+    """Record steps without doing them: the basis of ``plan()`` and ``--explain``."""
+    global _planning
+    previous, _planning = _planning, True
+    try:
+        with recording() as trace:
+            yield trace
+    finally:
+        _planning = previous
+
+
+def is_planning() -> bool:
+    return _planning

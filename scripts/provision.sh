@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# One provisioning script for every place minicontainer runs: `make`, `.ci/run` and the
+# Vagrantfile all call it. It is idempotent: a second run only checks and returns.
+#   scripts/provision.sh               Debian packages + .venv + editable install
+#   scripts/provision.sh --jupyter     also install JupyterLab as a systemd service (the student VM)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+
+if [ "$(id -u)" != 0 ]; then
+    echo "provision: must run as root (containers need CAP_SYS_ADMIN); try: sudo $0" >&2
+    exit 1
+fi
+
+# Debian packages: the static busybox is the built-in image; the rest are the peers our
+# interop tests and benchmarks compare against.
+packages=(busybox-static python3-venv python3-dev gcc iproute2 runc crun umoci skopeo docker-registry)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "provision: installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+# Debian's docker-registry package starts a registry on every interface; we only ever
+# run our own instances bound to 127.0.0.1, so keep the packaged service off.
+if command -v systemctl >/dev/null && systemctl is-enabled docker-registry >/dev/null 2>&1; then
+    systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+pkill -f '^/usr/bin/docker-registry serve /etc/docker/registry/config.yml' 2>/dev/null || true
+
+# The venv uses Debian's own python3 so the VM and CI agree on the interpreter.
+stamp=.venv/.provisioned
+if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv .venv
+fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/provision.sh -nt "$stamp" ]; then
+    echo "provision: installing Python dependencies into .venv"
+    .venv/bin/pip install -q --upgrade pip
+    # compat mode puts a plain path in a .pth file: no import hook, so the CLI starts faster.
+    .venv/bin/pip install -q -e ".[course,test]" --config-settings editable_mode=compat
+    touch "$stamp"
+fi
+
+if [ "${1:-}" = "--jupyter" ]; then
+    token_file=/etc/minicontainer/jupyter-token
+    mkdir -p /etc/minicontainer
+    [ -s "$token_file" ] || { .venv/bin/python -c 'import secrets; print(secrets.token_hex(24))' > "$token_file"; chmod 600 "$token_file"; }
+    cat > /etc/systemd/system/minicontainer-jupyter.service <<UNIT
+[Unit]
+Description=JupyterLab for the minicontainer course
+After=network.target
+
+[Service]
+WorkingDirectory=$repo
+Environment=JUPYTER_TOKEN_FILE=$token_file
+ExecStart=/bin/sh -c 'exec $repo/.venv/bin/jupyter lab --allow-root --no-browser --ip=0.0.0.0 --port=8888 --ServerApp.token="\$(cat $token_file)" --notebook-dir=$repo'
+Restart=on-failure
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+    systemctl daemon-reload
+    systemctl enable --now minicontainer-jupyter.service
+    echo "provision: JupyterLab runs on port 8888; token in $token_file"
+fi

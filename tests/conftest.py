@@ -1,0 +1,138 @@
+"""Shared fixtures. Every test runs as root against the real kernel, in its own engine
+root, and the ``no_leftovers`` fixture fails any test that leaves a mount, a cgroup, a
+network namespace, a network interface, a process or its temp root behind."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def _mount_lines(marker: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.strip() for line in f if marker in line]
+
+
+def minicontainer_cgroups() -> set[str]:
+    """Every cgroup directory named minicontainer* on this host (depth-limited walk)."""
+    found: set[str] = set()
+
+    def walk(path: Path, depth: int) -> None:
+        if depth > 6:
+            return
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            return
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                if e.name.startswith("minicontainer"):
+                    found.add(e.path)
+                walk(Path(e.path), depth + 1)
+
+    walk(CGROUP_ROOT, 0)
+    return found
+
+
+def _netns() -> set[str]:
+    try:
+        return set(os.listdir("/run/netns"))
+    except FileNotFoundError:
+        return set()
+
+
+def _links() -> set[str]:
+    return set(os.listdir("/sys/class/net"))
+
+
+def _processes_under(root: str) -> list[int]:
+    """Processes whose root or cwd lies under ``root``: escaped container processes."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        for what in ("root", "cwd"):
+            try:
+                target = os.readlink(f"/proc/{entry}/{what}")
+            except OSError:
+                continue
+            if target.startswith(root):
+                pids.append(int(entry))
+                break
+    return pids
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(entry))
+    return kids
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(monkeypatch):
+    """Give each test its own engine root, then fail the test if anything is left behind."""
+    if os.geteuid() != 0:
+        pytest.skip("minicontainer's tests run as root against the real kernel")
+    root = tempfile.mkdtemp(prefix="mc-test-")
+    monkeypatch.setenv("MINICONTAINER_ROOT", root + "/lib")
+    monkeypatch.setenv("MINICONTAINER_RUN", root + "/run")
+    cgroups_before = minicontainer_cgroups()
+    netns_before, links_before = _netns(), _links()
+    children_before = set(_children(os.getpid()))
+    yield Path(root)
+
+    problems = []
+    stray = [p for p in _children(os.getpid()) if p not in children_before]
+    stray += _processes_under(root)
+    if stray:
+        problems.append(f"processes left running: {sorted(set(stray))}")
+        for pid in set(stray):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    mounts = _mount_lines(root) + _mount_lines("minicontainer")
+    if mounts:
+        problems.append(f"mounts left: {mounts}")
+        for line in mounts:
+            os.system(f"umount -l {line.split()[4]} 2>/dev/null")
+    cgroups = minicontainer_cgroups() - cgroups_before
+    if cgroups:
+        problems.append(f"cgroups left: {sorted(cgroups)}")
+        for path in sorted(cgroups, key=len, reverse=True):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+    if _netns() - netns_before:
+        problems.append(f"network namespaces left: {sorted(_netns() - netns_before)}")
+    if _links() - links_before:
+        problems.append(f"network interfaces left: {sorted(_links() - links_before)}")
+    try:
+        shutil.rmtree(root)
+    except OSError as exc:
+        problems.append(f"temp root could not be removed: {exc}")
+    if problems:
+        pytest.fail("test left things behind: " + "; ".join(problems))
+
+
+@pytest.fixture
+def engine_root(no_leftovers) -> Path:
+    """The per-test engine root (MINICONTAINER_ROOT)."""
+    return no_leftovers / "lib"
