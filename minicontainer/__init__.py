@@ -1,0 +1,38 @@
+"""minicontainer: a teaching container engine with every kernel step inspectable.
+
+    >>> import minicontainer
+    >>> result = minicontainer.run("busybox", ["echo", "hi"])
+    >>> result.exit_code, result.stdout, result.trace
+
+The public API is imported lazily so the CLI starts fast.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+__version__ = "0.1.0"
+__all__ = ["run", "plan", "Sandbox", "images", "Trace", "Step", "namespace_ids", "MinicontainerError"]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .engine.run import plan, run
+    from .engine.sandbox import Sandbox
+    from .errors import MinicontainerError
+    from .kernel.namespaces import namespace_ids
+    from .trace import Step, Trace
+
+_LAZY = {
+    "run": ("engine.run", "run"), "plan": ("engine.run", "plan"), "RunResult": ("engine.run", "RunResult"),
+    "Sandbox": ("engine.sandbox", "Sandbox"), "images": ("engine.images", "list_images"),
+    "Trace": ("trace", "Trace"), "Step": ("trace", "Step"),
+    "namespace_ids": ("kernel.namespaces", "namespace_ids"),
+    "MinicontainerError": ("errors", "MinicontainerError"),
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(f".{module}", __name__), attr)
+    raise AttributeError(f"module 'minicontainer' has no attribute {name!r}")

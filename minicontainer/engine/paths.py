@@ -1,0 +1,14 @@
+"""Where the engine keeps its state: MINICONTAINER_ROOT (default /var/lib/minicontainer)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def engine_root() -> Path:
+    """The engine's state directory; tests give each test its own via MINICONTAINER_ROOT."""
+    return Path(os.environ.get("MINICONTAINER_ROOT", "/var/lib/minicontainer"))
+
+
+def containers_dir() -> Path:
+    return engine_root() / "containers"

@@ -1,0 +1,294 @@
+"""``run``: create a container from an image, start it in the foreground, wait, clean up.
+
+The order is docker's: check every input first (so bad input changes nothing), resolve
+the image and its layers, create the container's record and cgroup, start the process,
+wait, record the exit, and remove what --rm asks to remove. A failure at any step rolls
+back everything made before it.
+"""
+from __future__ import annotations
+
+import os
+import selectors
+import signal
+import time
+from dataclasses import dataclass, field
+
+from .. import trace
+from ..errors import MinicontainerError, require_root
+from ..image.reference import parse_reference
+from ..image.store import Image, ImageStore, host_platform
+from ..kernel.cgroups import Cgroup, Limits, open_cgroup, parse_cpus, parse_memory
+from ..kernel.mounts import Volume
+from ..runtime.process import ContainerProcess, start_container
+from ..runtime.spec import ContainerSpec
+from ..trace import Step, Trace
+from .containers import ContainerRecord, ContainerState, create_record, remove_record
+from .paths import engine_root
+
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+@dataclass
+class RunOptions:
+    """Everything `minicontainer run` accepts, already validated."""
+
+    image: str
+    args: list[str] = field(default_factory=list)
+    name: str = ""
+    hostname: str = ""
+    env: list[str] = field(default_factory=list)
+    volumes: list[Volume] = field(default_factory=list)
+    workdir: str = ""
+    memory: int | None = None
+    cpus: float | None = None
+    pids_limit: int | None = None
+    readonly: bool = False
+    remove: bool = False
+
+    @classmethod
+    def parse(cls, image: str, args: list[str] | str | None = None, *, name: str = "", hostname: str = "",
+              env: list[str] | dict[str, str] | None = None, volumes: list[str] | None = None, workdir: str = "",
+              memory: str | int | None = None, cpus: str | float | None = None,
+              pids_limit: int | None = None, readonly: bool = False, remove: bool = False) -> "RunOptions":
+        """Validate user input before anything is created."""
+        if isinstance(args, str):
+            args = ["sh", "-c", args]
+        if isinstance(env, dict):
+            env = [f"{k}={v}" for k, v in env.items()]
+        for item in env or []:
+            if "=" not in item or item.startswith("="):
+                raise MinicontainerError(f"invalid environment variable {item!r}: use -e NAME=value")
+        if pids_limit is not None and int(pids_limit) < 1:
+            raise MinicontainerError(f"invalid --pids-limit {pids_limit}: give a positive number of processes, e.g. 64")
+        if workdir and not workdir.startswith("/"):
+            raise MinicontainerError(f"invalid working directory {workdir!r}: it must be absolute, e.g. -w /tmp")
+        parse_reference(image)  # a malformed reference fails here, before anything exists
+        return cls(image=image, args=list(args or []), name=name, hostname=hostname, env=list(env or []),
+                   volumes=[Volume.parse(v) for v in volumes or []], workdir=workdir,
+                   memory=parse_memory(memory) if memory is not None else None,
+                   cpus=parse_cpus(cpus) if cpus is not None else None,
+                   pids_limit=int(pids_limit) if pids_limit is not None else None,
+                   readonly=readonly, remove=remove)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(memory=self.memory, cpus=self.cpus, pids=self.pids_limit)
+
+
+@dataclass
+class RunResult:
+    """What a finished container left: exit code, output, the trace of every step."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    trace: Trace
+    oom_killed: bool = False
+    container_id: str = ""
+    name: str = ""
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def _repr_html_(self) -> str:
+        return (f"<p>exit code <b>{self.exit_code}</b>{' (OOM-killed)' if self.oom_killed else ''}</p>"
+                f"<pre>{self.output}</pre>" + self.trace._repr_html_())
+
+
+def get_image(store: ImageStore, ref: str) -> Image:
+    """Resolve ``ref`` in the store, building the built-in busybox image on first use."""
+    from ..image.builtin import BUILTIN_REF, build_builtin_image
+
+    name = str(parse_reference(ref))
+    if name == BUILTIN_REF and not any(r == name for r, _ in store.list_refs()):
+        build_builtin_image(store)
+    image = store.resolve(name)
+    if image.platform != host_platform():
+        raise MinicontainerError(f"image {ref} is for {image.platform}, but this host is {host_platform()}: "
+                                 f"pull a {host_platform()} variant (--platform {host_platform()})")
+    return image
+
+
+def _spec_for(record: ContainerRecord, image: Image, lowers: list[str], opts: RunOptions) -> ContainerSpec:
+    cfg = image.config.get("config", {})
+    args = opts.args or (cfg.get("Entrypoint") or []) + (cfg.get("Cmd") or [])
+    if opts.args and cfg.get("Entrypoint"):
+        args = cfg["Entrypoint"] + opts.args
+    env = _merge_env(cfg.get("Env") or [], opts.env)
+    if not any(e.startswith("HOSTNAME=") for e in env):
+        env.append(f"HOSTNAME={opts.hostname or record.id[:12]}")
+    return ContainerSpec(id=record.id, args=args, rootfs=str(record.dir / "rootfs"), lowers=lowers,
+                         upper=str(record.dir / "upper"), work=str(record.dir / "work"), env=env,
+                         cwd=opts.workdir or cfg.get("WorkingDir") or "/",
+                         hostname=opts.hostname or record.id[:12], volumes=opts.volumes, readonly=opts.readonly)
+
+
+def _merge_env(image_env: list[str], user_env: list[str]) -> list[str]:
+    merged = {e.split("=", 1)[0]: e for e in image_env}
+    merged.update({e.split("=", 1)[0]: e for e in user_env})
+    return list(merged.values())
+
+
+def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
+    """Image → layers → container record → cgroup with limits; rolled back on any failure."""
+    require_root()
+    store = ImageStore(engine_root())
+    image = get_image(store, opts.image)
+    lowers = store.lower_dirs(image)
+    record = create_record(name=opts.name, image=str(parse_reference(opts.image)), image_id=image.id,
+                           args=opts.args, env=opts.env, cwd=opts.workdir, hostname=opts.hostname,
+                           volumes=[f"{v.source}:{v.target}{':ro' if v.readonly else ''}" for v in opts.volumes],
+                           readonly=opts.readonly, memory=opts.memory, cpus=opts.cpus, pids_limit=opts.pids_limit)
+    cgroup = open_cgroup(record.id[:12])
+    try:
+        spec = _spec_for(record, image, lowers, opts)
+        cgroup.create()
+        cgroup.set_limits(opts.limits)
+        spec.cgroup_procs = cgroup.procs_files()
+    except BaseException:
+        cgroup.remove()
+        remove_record(record)
+        raise
+    return record, spec, cgroup
+
+
+def finish(record: ContainerRecord, cgroup: Cgroup, proc: ContainerProcess | None, remove: bool) -> ContainerState:
+    """Record how the container ended, then remove its cgroup (and the container, with --rm)."""
+    state = record.read_state()
+    if proc is not None:
+        state.exit_code = proc.wait()
+        state.oom_killed = proc.killed_by_signal == signal.SIGKILL and cgroup.oom_killed()
+    state.status, state.finished_at, state.pid = "exited", time.time(), 0
+    try:
+        cgroup.kill_all()  # a daemon the command left behind dies with the container, as in docker
+        cgroup.remove()
+    finally:
+        if remove:
+            remove_record(record)
+        else:
+            record.write_state(state)
+    return state
+
+
+def _capture(proc: ContainerProcess, out_r: int, err_r: int, stdin_w: int | None, data: bytes) -> tuple[bytes, bytes]:
+    """Read the container's stdout and stderr to EOF while feeding its stdin."""
+    chunks: dict[int, list[bytes]] = {out_r: [], err_r: []}
+    sel = selectors.DefaultSelector()
+    for fd in chunks:
+        sel.register(fd, selectors.EVENT_READ)
+    if stdin_w is not None:
+        if data:
+            sel.register(stdin_w, selectors.EVENT_WRITE)
+        else:
+            os.close(stdin_w)
+    open_fds = len(sel.get_map())
+    while open_fds:
+        for key, _ in sel.select():
+            fd = key.fd
+            if fd == stdin_w:
+                try:
+                    data = data[os.write(fd, data[:65536]):]
+                except BrokenPipeError:
+                    data = b""
+                if not data:
+                    sel.unregister(fd)
+                    os.close(fd)
+                    open_fds -= 1
+                continue
+            chunk = os.read(fd, 65536)
+            if chunk:
+                chunks[fd].append(chunk)
+            else:
+                sel.unregister(fd)
+                os.close(fd)
+                open_fds -= 1
+    sel.close()
+    return b"".join(chunks[out_r]), b"".join(chunks[err_r])
+
+
+def run(image: str = "busybox", cmd: list[str] | str | None = None, *, input: bytes | str = b"",
+        **options) -> RunResult:
+    """Run a container to completion and return its exit code, output and step trace.
+
+    ``cmd`` is a list (exec form) or a string (run with ``sh -c``). Options are those of
+    `minicontainer run`: name, hostname, env, volumes, workdir, memory ("64m"), cpus,
+    pids_limit, readonly, remove (defaults to True here: nothing is kept).
+    """
+    options.setdefault("remove", True)
+    opts = RunOptions.parse(image, cmd, **options)
+    with trace.recording() as tr:
+        record, spec, cgroup = prepare(opts)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        proc = None
+        try:
+            proc = _start(record, spec, (in_r, out_w, err_w), (out_r, err_r, in_w))
+        finally:
+            for fd in (in_r, out_w, err_w):
+                os.close(fd)
+            if proc is None:
+                for fd in (out_r, err_r, in_w):
+                    os.close(fd)
+                finish(record, cgroup, None, remove=True)
+        stdout, stderr = _capture(proc, out_r, err_r, in_w, input.encode() if isinstance(input, str) else input)
+        state = finish(record, cgroup, proc, opts.remove)
+    return RunResult(state.exit_code if state.exit_code is not None else -1, stdout.decode(errors="replace"),
+                     stderr.decode(errors="replace"), tr, state.oom_killed, record.id, record.name)
+
+
+def _start(record: ContainerRecord, spec: ContainerSpec, stdio: tuple[int, int, int],
+           close_in_child: tuple[int, ...] = ()) -> ContainerProcess:
+    proc = start_container(spec, stdio, close_in_child)
+    state = record.read_state()
+    state.status, state.pid, state.started_at = "running", proc.init_pid, time.time()
+    record.write_state(state)
+    return proc
+
+
+def run_foreground(opts: RunOptions, *, show_trace: bool = False) -> tuple[ContainerState, Trace, ContainerRecord]:
+    """The CLI's run: the container shares our stdio, and signals we get are forwarded to its PID 1."""
+    with trace.recording() as tr:
+        record, spec, cgroup = prepare(opts)
+        proc = None
+        previous = {}
+        try:
+            proc = _start(record, spec, (0, 1, 2))
+            for sig in FORWARDED_SIGNALS:
+                previous[sig] = signal.signal(sig, lambda s, _f: proc.signal(s))
+        finally:
+            if proc is None:
+                finish(record, cgroup, None, remove=True)
+        try:
+            state = finish(record, cgroup, proc, opts.remove)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+    return state, tr, record
+
+
+def plan(image: str = "busybox", cmd: list[str] | str | None = None, **options) -> Trace:
+    """List the steps a run would take, without taking them (``--explain``)."""
+    from ..runtime.init import container_init
+    from ..kernel.namespaces import unshare_namespaces
+
+    opts = RunOptions.parse(image, cmd, **options)
+    store = ImageStore(engine_root())
+    image_obj = get_image(store, opts.image)
+    lowers = [str(store.layer_dir(d)) for d in image_obj.diff_ids][::-1]
+    fake = ContainerRecord(id="<id>", name=opts.name or "<name>", image=opts.image, image_id=image_obj.id,
+                           args=opts.args, env=opts.env)
+    spec = _spec_for(fake, image_obj, lowers, opts)
+    spec.rootfs, spec.upper, spec.work = (f"{engine_root()}/containers/<id>/{d}" for d in ("rootfs", "upper", "work"))
+    with trace.planning() as tr:
+        cgroup = open_cgroup("<id>")
+        cgroup.create()
+        cgroup.set_limits(opts.limits)
+        spec.cgroup_procs = cgroup.procs_files()
+        Step("fork", call="fork()", why="the engine never changes its own namespaces: a child does it").do(lambda: None)
+        unshare_namespaces([k for k in spec.namespaces if k != "cgroup"])
+        Step("fork", call="fork()", shell="unshare --fork …",
+             why="after unshare(CLONE_NEWPID) only a new child enters the pid namespace, as its PID 1").do(lambda: None)
+        container_init(spec)
+    return tr

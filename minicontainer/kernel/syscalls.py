@@ -1,0 +1,142 @@
+"""ctypes wrappers for the syscalls Python 3.11 doesn't expose.
+
+Each wrapper raises :class:`~minicontainer.errors.KernelError` naming the syscall and
+the errno, plus a hint when the kernel's rules make one failure common. The docstrings
+repeat the rules from the man pages, because they are what a learner trips over.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+from ..errors import KernelError
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+# <sched.h> namespace flags
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# <sys/mount.h> flags
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_NOATIME = 1024
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+
+# x86_64 and aarch64 syscall numbers that glibc 2.36 has no wrapper for
+_SYS = {"x86_64": {"pivot_root": 155, "close_range": 436},
+        "aarch64": {"pivot_root": 41, "close_range": 436}}[os.uname().machine]
+CLOSE_RANGE_CLOEXEC = 1 << 2
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+libc.unshare.argtypes = [ctypes.c_int]
+libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+libc.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+libc.syscall.restype = ctypes.c_long
+
+
+def _check(ret: int, step: str, hint: str = "") -> None:
+    if ret != 0:
+        raise KernelError(step, ctypes.get_errno(), hint)
+
+
+def _b(s: str | None) -> bytes | None:
+    return None if s is None else os.fsencode(s)
+
+
+def unshare(flags: int) -> None:
+    """unshare(2): move the caller into new namespaces.
+
+    CLONE_NEWPID is special: the caller stays in its pid namespace and only its *next
+    child* is born into the new one (as PID 1). Needs CAP_SYS_ADMIN.
+    """
+    _check(libc.unshare(flags), f"unshare({namespace_flag_names(flags)})",
+           "needs root (CAP_SYS_ADMIN); a multi-threaded caller can't unshare CLONE_NEWNS|CLONE_NEWUSER")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """setns(2): join the namespace that ``fd`` (an open /proc/PID/ns/* file) refers to.
+
+    Joining a pid namespace, like unshare, only affects children created afterwards.
+    """
+    _check(libc.setns(fd, nstype), "setns", "the target process may have exited")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int = 0,
+          data: str | None = None) -> None:
+    """mount(2): attach a filesystem (or change propagation / remount when flags say so).
+
+    The target must exist. MS_BIND|MS_REMOUNT|MS_RDONLY makes an existing bind read-only;
+    MS_REC|MS_PRIVATE changes propagation and ignores source and fstype.
+    """
+    ret = libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data))
+    _check(ret, f"mount {fstype or ''} {source or ''} on {target}".replace("  ", " "),
+           "is the target a directory that exists, and is the filesystem type available?")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    """umount2(2): detach a mount; MNT_DETACH lazily unmounts even while it is busy."""
+    _check(libc.umount2(_b(target), flags), f"umount2({target})")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2): make ``new_root`` the root of this mount namespace, moving the old one to ``put_old``.
+
+    The kernel requires: new_root is a mount point; neither is on the same mount as the
+    current root; the current root's propagation is not shared (make / MS_PRIVATE
+    first, or pivot_root fails with EINVAL). ``pivot_root(".", ".")`` stacks the old
+    root on top of the new one, to be detached with umount2(".", MNT_DETACH).
+    """
+    ret = libc.syscall(_SYS["pivot_root"], _b(new_root), _b(put_old))
+    _check(ret, "pivot_root",
+           "new_root must be a mount point and / must not have shared propagation (make it private first)")
+
+
+def sethostname(name: str) -> None:
+    """sethostname(2): set the hostname of the caller's UTS namespace."""
+    raw = name.encode()
+    _check(libc.sethostname(raw, len(raw)), f"sethostname({name!r})",
+           "a hostname is at most 64 bytes; unshare a UTS namespace first so the host keeps its name")
+
+
+def close_range_cloexec(first: int) -> None:
+    """close_range(2) with CLOSE_RANGE_CLOEXEC: mark every fd >= first close-on-exec.
+
+    This is how no engine file descriptor leaks into the container (the runc
+    CVE-2024-21626 class): whatever the parent had open disappears at execve.
+    """
+    ret = libc.syscall(_SYS["close_range"], ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
+                       ctypes.c_uint(CLOSE_RANGE_CLOEXEC))
+    if ret != 0:  # kernels before 5.11: fall back to closing one by one
+        os.closerange(first, 65536)
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """prctl(PR_SET_PDEATHSIG): get ``sig`` when the parent dies, so no orphan outlives the engine."""
+    _check(libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+_FLAG_NAMES = [(CLONE_NEWPID, "CLONE_NEWPID"), (CLONE_NEWNS, "CLONE_NEWNS"), (CLONE_NEWUTS, "CLONE_NEWUTS"),
+               (CLONE_NEWIPC, "CLONE_NEWIPC"), (CLONE_NEWNET, "CLONE_NEWNET"),
+               (CLONE_NEWCGROUP, "CLONE_NEWCGROUP"), (CLONE_NEWUSER, "CLONE_NEWUSER")]
+
+
+def namespace_flag_names(flags: int) -> str:
+    """'CLONE_NEWPID|CLONE_NEWNS' for a flag mask."""
+    return "|".join(n for f, n in _FLAG_NAMES if flags & f) or "0"

@@ -1,0 +1,126 @@
+"""The container's init sequence: the steps its first process takes before exec.
+
+These functions run *inside* the new container process (or the notebook Sandbox): they
+change that process's cgroup, mounts, root and hostname, never the caller's. The order is
+the one runc follows.
+"""
+from __future__ import annotations
+
+import os
+import stat
+
+from ..errors import MinicontainerError
+from ..kernel import mounts, namespaces, syscalls
+from .. import trace
+from ..trace import Step
+from .spec import ContainerSpec
+
+
+class ExecError(MinicontainerError):
+    """The command could not be started; exit codes follow docker (127 not found, 126 not runnable)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _write_procs(files: list[str]) -> None:
+    for path in files:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, b"0")  # "0" means "the writing process", whatever pid namespace it is in
+        finally:
+            os.close(fd)
+
+
+def join_cgroup(procs_files: list[str]) -> Step:
+    """Write this process into the container's cgroup (every hierarchy): limits now apply to it and its children."""
+    shown = procs_files[0] if len(procs_files) == 1 else f"{procs_files[0]} (+{len(procs_files) - 1} more)"
+    step = Step("cgroup_join", call=f'write "0" > {shown}', shell=f"echo $$ > {shown}",
+                why="a process joins a cgroup (控制组) by writing its pid to cgroup.procs; its children inherit it")
+    step.do(_write_procs, procs_files, evidence=lambda: {"/proc/self/cgroup": _own_cgroups()})
+    return step
+
+
+def _own_cgroups() -> str:
+    with open("/proc/self/cgroup") as f:
+        return "; ".join(line.strip() for line in f if "minicontainer" in line)
+
+
+def setup_rootfs(spec: ContainerSpec) -> list[Step]:
+    """Mount the container's filesystem tree and pivot_root into it."""
+    steps = [mounts.make_mounts_private(),
+             mounts.mount_overlay(spec.lowers, spec.upper, spec.work, spec.rootfs)]
+    for volume in spec.volumes:
+        steps += mounts.bind_volume(spec.rootfs, volume)
+    steps += [mounts.mount_proc(spec.rootfs), mounts.mount_dev(spec.rootfs), mounts.mount_sys(spec.rootfs),
+              mounts.pivot_root(spec.rootfs), mounts.detach_old_root()]
+    if spec.readonly:
+        steps.append(mounts.remount_readonly("/"))
+    return steps
+
+
+def find_executable(name: str, path_env: str) -> str:
+    """Resolve a command like the shell would, inside the (already pivoted) root."""
+    candidates = [name] if "/" in name else [os.path.join(d or ".", name) for d in path_env.split(":")]
+    for candidate in candidates:
+        try:
+            st = os.stat(candidate)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode):
+            if not os.access(candidate, os.X_OK):
+                raise ExecError(f"exec: {name!r}: permission denied (the file is not executable)", 126)
+            return candidate
+    where = "no such file" if "/" in name else "executable file not found in $PATH"
+    raise ExecError(f"exec: {name!r}: {where}", 127)
+
+
+def _execve(path: str, args: list[str], env: list[str]) -> None:
+    env_map = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    try:
+        os.execve(path, args, env_map)
+    except OSError as exc:
+        if exc.errno == 8:  # ENOEXEC: a binary for another CPU, or a script without #!
+            raise ExecError(f"exec: {path!r}: exec format error (built for another platform, or a script without #!)", 126) from None
+        raise ExecError(f"exec: {path!r}: {exc.strerror}", 126) from None
+
+
+def exec_command(spec: ContainerSpec, stdio: tuple[int, int, int] | None = None) -> None:
+    """chdir, set stdio, close every other fd on exec, then execve: the process becomes the command."""
+    if trace.is_planning():
+        Step("execve", call=f"execve({spec.args[0] if spec.args else '?'!r}, {spec.args!r}, env[{len(spec.env)}])",
+             shell=" ".join(spec.args), why="the init process replaces itself with the command").do(lambda: None)
+        return
+    if not spec.args:
+        raise ExecError("no command: the image has no Cmd/Entrypoint, so give one after the image name", 125)
+    try:
+        os.chdir(spec.cwd)
+    except OSError:
+        raise ExecError(f"working directory {spec.cwd!r} does not exist in the container: create it or pick another -w", 126) from None
+    path = find_executable(spec.args[0], spec.path_env())
+    if stdio is not None:
+        for target, fd in enumerate(stdio):
+            if fd != target:
+                os.dup2(fd, target)
+    syscalls.close_range_cloexec(3)
+    step = Step("execve", call=f"execve({path!r}, {spec.args!r}, env[{len(spec.env)}])",
+                shell=" ".join(spec.args),
+                why="the init process replaces itself with the command: from now on PID 1 *is* the command")
+    # execve never returns on success, so the step is recorded just before it
+    step.do(lambda: None)
+    _execve(path, spec.args, spec.env)
+
+
+def container_init(spec: ContainerSpec, stdio: tuple[int, int, int] | None = None) -> None:
+    """Everything PID 1 does in order, ending in execve (which does not return)."""
+    if spec.cgroup_procs:
+        join_cgroup(spec.cgroup_procs)
+    if "cgroup" in spec.namespaces:
+        namespaces.unshare_namespaces(["cgroup"])
+    setup_rootfs(spec)
+    if "uts" in spec.namespaces and spec.hostname:
+        namespaces.set_hostname(spec.hostname)
+    if "net" in spec.namespaces:
+        namespaces.bring_up_loopback()
+    exec_command(spec, stdio)

@@ -1,0 +1,222 @@
+"""Start a container process: fork, unshare, fork again, run the init sequence, exec.
+
+    engine (host)                 setup child                    container init
+    ─────────────                 ───────────                    ──────────────
+    fork() ───────────────────►   unshare(pid|mnt|uts|ipc|net)
+                                  fork() ──────────────────────►  PID 1 in the new pid namespace
+                                  waitpid(init)                   cgroup join, mounts, pivot_root …
+    reads steps from a pipe  ◄──────────────────────────────────  one JSON line per Step
+    EOF on the pipe = execve happened (the pipe is close-on-exec)  execve(command)
+    waitpid(setup) ◄──────────    reports init's wait status
+
+The second fork is there because unshare(CLONE_NEWPID) only moves the caller's *next
+child* into the new pid namespace. The setup child waits for PID 1 so the engine can
+still collect its exit status.
+
+The engine may be a multi-threaded Jupyter kernel, where fork() is only safe if the
+child touches nothing another thread might hold a lock on. So everything is imported
+and computed before fork; the children only make syscalls, write to pipes and exec.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import warnings
+from dataclasses import dataclass, field
+
+from .. import trace
+from ..errors import MinicontainerError
+from ..kernel import namespaces, syscalls
+from ..trace import Step
+from .init import ExecError, container_init
+from .spec import ContainerSpec
+
+
+class ContainerStartError(MinicontainerError):
+    """The container's init sequence failed before exec; carries docker-style exit codes."""
+
+    def __init__(self, message: str, exit_code: int = 125):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class ContainerProcess:
+    """A started container: the host pid of its PID 1, and how to wait for it."""
+
+    init_pid: int                 # the container's PID 1, as the host sees it
+    setup_pid: int                # the engine's direct child, which waits for init
+    status_fd: int
+    steps: list[Step] = field(default_factory=list)
+    exit_status: int | None = None  # raw wait status of PID 1 once it has exited
+
+    def signal(self, sig: int) -> None:
+        """Send ``sig`` to the container's PID 1 (forwarding, like docker's sig-proxy)."""
+        try:
+            os.kill(self.init_pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def wait(self) -> int:
+        """Block until PID 1 exits; return its exit code, 128+N for a signal, as docker does."""
+        if self.exit_status is None:
+            report = _read_all(self.status_fd)
+            os.close(self.status_fd)
+            _waitpid(self.setup_pid)
+            status = [line.split()[1] for line in report.decode().splitlines() if line.startswith("status ")]
+            # no status line means the setup child itself was killed (say, by a test's kill -9)
+            self.exit_status = int(status[0]) if status else 0x09  # as if SIGKILLed
+        return os.waitstatus_to_exitcode(self.exit_status) if os.WIFEXITED(self.exit_status) \
+            else 128 + os.WTERMSIG(self.exit_status)
+
+    @property
+    def killed_by_signal(self) -> int | None:
+        if self.exit_status is not None and os.WIFSIGNALED(self.exit_status):
+            return os.WTERMSIG(self.exit_status)
+        return None
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except InterruptedError:
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _waitpid(pid: int) -> int:
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return 0
+
+
+def _send(fd: int, record: dict) -> None:
+    data = (json.dumps(record) + "\n").encode()
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _fork() -> int:
+    # Python 3.12+ warns that fork() in a multi-threaded process may deadlock the child.
+    # Our children only make syscalls and exec (see the module docstring), so it can't.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return os.fork()
+
+
+def _child_trace(fd: int) -> None:
+    """In a child: stream every Step to the engine instead of keeping it."""
+    trace._active = trace.Trace(sink=lambda s: _send(fd, {"step": s.to_dict()}))
+
+
+def _fail(fd: int, exc: BaseException) -> None:
+    code = getattr(exc, "exit_code", 125)
+    message = str(exc) if isinstance(exc, (MinicontainerError, OSError)) else f"{type(exc).__name__}: {exc}"
+    try:
+        _send(fd, {"error": message, "exit_code": code})
+    finally:
+        os._exit(code if 0 < code < 256 else 125)
+
+
+def record_init_fork() -> Step:
+    """Record, from inside the new child, that it was born as PID 1 of the new pid namespace."""
+    step = Step("fork", call="fork()", shell="unshare --fork …",
+                why="after unshare(CLONE_NEWPID) only a new child enters the pid namespace, as its PID 1")
+    # /proc is still the host's procfs here, so /proc/self names our pid as the host sees it
+    step.do(lambda: f"PID {os.getpid()} inside, host pid {os.readlink('/proc/self')}")
+    return step
+
+
+def _setup_child(spec: ContainerSpec, trace_w: int, status_w: int, stdio: tuple[int, int, int],
+                 close_after_fork: list[int]) -> None:
+    """The engine's child: unshare, then fork PID 1 and wait for it. Never returns."""
+    try:
+        _child_trace(trace_w)
+        syscalls.set_parent_death_signal(signal.SIGKILL)
+        before = [k for k in spec.namespaces if k != "cgroup"]  # cgroup ns: after joining the cgroup
+        if before:
+            namespaces.unshare_namespaces(before)
+        init_pid = _fork()
+        if init_pid == 0:
+            try:
+                record_init_fork()
+                syscalls.set_parent_death_signal(signal.SIGKILL)
+                container_init(spec, stdio)
+            except BaseException as exc:  # noqa: BLE001 - report anything, then _exit
+                _fail(trace_w, exc)
+            os._exit(127)  # not reached: container_init ends in execve
+        os.close(trace_w)  # from now on only the container's init holds the step pipe open
+        for fd in close_after_fork:
+            os.close(fd)
+        _send(status_w, {"init_pid": init_pid})
+        status = _waitpid(init_pid)
+        os.write(status_w, f"status {status}\n".encode())
+        os._exit(0)
+    except BaseException as exc:  # noqa: BLE001
+        _fail(trace_w, exc)
+
+
+def start_container(spec: ContainerSpec, stdio: tuple[int, int, int] = (0, 1, 2),
+                    close_in_child: tuple[int, ...] = ()) -> ContainerProcess:
+    """Fork the container and return once its command has been exec'd (or raise why not).
+
+    ``stdio`` are the fds that become the container's 0, 1 and 2. ``close_in_child`` are
+    engine-side fds (pipe ends) the children must not keep open.
+    """
+    trace_r, trace_w = os.pipe2(os.O_CLOEXEC)
+    status_r, status_w = os.pipe2(os.O_CLOEXEC)
+    step = Step("fork", call="fork()", shell="", why="the engine never changes its own namespaces: a child does it")
+    pid = step.do(_fork)
+    if pid == 0:
+        for fd in (trace_r, status_r, *close_in_child):
+            os.close(fd)
+        _setup_child(spec, trace_w, status_w, stdio, [fd for fd in stdio if fd > 2])
+    step.result = f"setup child is host pid {pid}"
+    os.close(trace_w)
+    os.close(status_w)
+    steps, error = _collect_steps(trace_r)
+    os.close(trace_r)
+    active = trace.active()
+    if active is not None:
+        active.extend(steps)
+    if error is not None:
+        os.close(status_r)
+        _waitpid(pid)
+        raise ContainerStartError(error["error"], error.get("exit_code", 125))
+    first = _read_line(status_r)
+    if not first:
+        os.close(status_r)
+        _waitpid(pid)
+        raise ContainerStartError("the container's setup process died before starting its command")
+    return ContainerProcess(json.loads(first)["init_pid"], pid, status_r, steps)
+
+
+def _read_line(fd: int) -> bytes:
+    out = b""
+    while not out.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def _collect_steps(fd: int) -> tuple[list[Step], dict | None]:
+    """Read step records until EOF: EOF means init exec'd (close-on-exec) or died."""
+    steps, error = [], None
+    for line in _read_all(fd).splitlines():
+        record = json.loads(line)
+        if "step" in record:
+            steps.append(Step.from_dict(record["step"]))
+        elif "error" in record:
+            error = record
+    return steps, error

@@ -1,0 +1,115 @@
+"""The Sandbox helper: a separate process that takes container steps one at a time.
+
+A notebook's kernel must never unshare, mount or pivot_root itself, so it starts this
+helper (a fresh, single-threaded interpreter) and sends it one JSON request per line on
+stdin; each reply (one JSON line on stdout) carries the Steps the request took. Between
+requests the notebook can look at the helper from the host: /proc/PID/ns, its cgroup,
+its mounts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from .. import trace
+from ..kernel import mounts, namespaces
+from ..kernel.mounts import Volume
+from ..trace import Step
+from . import init
+from .process import record_init_fork
+from .spec import ContainerSpec
+
+
+def _unshare(kinds: list[str]) -> dict:
+    namespaces.unshare_namespaces(kinds)
+    if "pid" not in kinds:
+        return {"pid": os.getpid()}
+    # unshare(CLONE_NEWPID) moved only our *future children* into the new namespace, so
+    # fork: the child, PID 1 over there, carries on serving requests; we wait for it.
+    sys.stdout.flush()
+    child = os.fork()
+    if child == 0:
+        record_init_fork()
+        return {"pid": int(os.readlink("/proc/self"))}
+    _, status = os.waitpid(child, 0)
+    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _run(args: list[str], env: list[str], cwd: str) -> dict:
+    """Fork and exec a command inside the sandbox, capturing its output."""
+    step = Step("run_command", call=f"fork(); execve({args[0]!r}, {args!r})", shell=" ".join(args),
+                why="a command started now inherits every namespace, mount and cgroup the sandbox has so far")
+    done = step.do(lambda: subprocess.run(args, capture_output=True, cwd=cwd, text=True,
+                                          env=dict(e.split("=", 1) for e in env)))
+    step.result = f"exit {done.returncode}"
+    return {"exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+
+def _write_line(record: dict) -> None:
+    sys.stdout.write(json.dumps(record) + "\n")
+    sys.stdout.flush()
+
+
+def handle(request: dict, spec: ContainerSpec) -> dict:
+    op, a = request["op"], request.get("args", {})
+    if op == "unshare":
+        return _unshare(a["kinds"])
+    if op == "sethostname":
+        namespaces.set_hostname(a["name"])
+    elif op == "loopback_up":
+        namespaces.bring_up_loopback()
+    elif op == "join_cgroup":
+        init.join_cgroup(a["procs"])
+    elif op == "make_private":
+        mounts.make_mounts_private()
+    elif op == "mount_overlay":
+        # first stop our mounts from propagating to the host (on a systemd host / is shared)
+        mounts.make_mounts_private()
+        mounts.mount_overlay(spec.lowers, spec.upper, spec.work, spec.rootfs)
+    elif op == "bind_volume":
+        mounts.bind_volume(spec.rootfs, Volume(a["source"], a["target"], a.get("readonly", False)))
+    elif op == "mount_proc":
+        mounts.mount_proc(spec.rootfs)
+    elif op == "mount_dev":
+        mounts.mount_dev(spec.rootfs)
+    elif op == "mount_sys":
+        mounts.mount_sys(spec.rootfs)
+    elif op == "pivot_root":
+        mounts.pivot_root(spec.rootfs)
+        mounts.detach_old_root()
+    elif op == "run":
+        return _run(a["args"], spec.env, a.get("cwd", "/"))
+    elif op == "exec":
+        # Steps go out as they happen: after execve this process *is* the command, and
+        # everything it prints follows the last step line on the same pipe.
+        trace._active = trace.Trace(sink=lambda s: _write_line({"step": s.to_dict()}))
+        spec.args = a["args"]
+        init.exec_command(spec, stdio=None)
+    else:
+        raise ValueError(f"unknown sandbox operation {op!r}")
+    return {}
+
+
+def serve(spec: ContainerSpec) -> None:
+    """Answer requests until stdin closes; every reply lists the steps taken."""
+    for line in sys.stdin:
+        request = json.loads(line)
+        with trace.recording() as tr:
+            try:
+                reply = {"ok": True, **handle(request, spec)}
+            except Exception as exc:  # noqa: BLE001 - every failure goes back to the notebook
+                reply = {"ok": False, "error": str(exc) or type(exc).__name__}
+        reply["steps"] = [s.to_dict() for s in tr.steps]
+        _write_line(reply)
+
+
+def main() -> None:
+    spec = ContainerSpec(**json.loads(os.environ["MINICONTAINER_SANDBOX_SPEC"]))
+    spec.volumes = []
+    serve(spec)
+
+
+if __name__ == "__main__":
+    main()
