@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 
-def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
-    """Replace ``path`` with ``data`` atomically: temp file in the same dir, fsync, rename."""
+def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:
+    """Replace ``path`` with ``data`` atomically: temp file in the same dir, fsync, rename.
+
+    ``durable=False`` skips the fsync: for volatile runtime state (under /run), which a
+    machine crash makes stale anyway; rename alone still means no reader sees a torn file.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
@@ -22,7 +26,8 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Non
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.rename(tmp, path)
     except BaseException:
         try:
@@ -32,9 +37,9 @@ def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> Non
         raise
 
 
-def write_json_atomic(path: str | os.PathLike, value: Any, mode: int = 0o644) -> None:
+def write_json_atomic(path: str | os.PathLike, value: Any, mode: int = 0o644, *, durable: bool = True) -> None:
     """Atomically replace ``path`` with ``value`` as indented JSON."""
-    write_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode() + b"\n", mode)
+    write_atomic(path, json.dumps(value, indent=2, sort_keys=True).encode() + b"\n", mode, durable=durable)
 
 
 @contextmanager

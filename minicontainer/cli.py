@@ -16,7 +16,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minicontainer", description="A teaching container engine.")
     sub = p.add_subparsers(dest="verb", metavar="COMMAND")
 
-    r = sub.add_parser("run", help="run a command in a new container (in the foreground)")
+    # add_help=False: like docker, -h means --hostname here
+    r = sub.add_parser("run", help="run a command in a new container (in the foreground)", add_help=False)
+    r.add_argument("--help", action="help", help="show this help and exit")
     r.add_argument("--name", default="")
     r.add_argument("--hostname", "-h", default="")
     r.add_argument("-e", "--env", action="append", default=[], metavar="K=V")

@@ -35,7 +35,7 @@ class Step:
     duration: float = 0.0     # seconds
     evidence: dict[str, str] = field(default_factory=dict)
     pid: int = 0              # the process that carried the step out
-    where: str = ""           # "host", "child", "container init", ...
+    started: float = 0.0      # time.monotonic() at the start: comparable across processes
 
     @property
     def ok(self) -> bool:
@@ -53,6 +53,7 @@ class Step:
             self.result = PLANNED
             _emit(self)
             return None
+        self.started = time.monotonic()
         start = time.perf_counter()
         try:
             value = action(*args)

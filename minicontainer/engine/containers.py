@@ -1,7 +1,14 @@
-"""Container records on disk: containers/<id>/{config.json,state.json,upper,work,rootfs}.
+"""Container records on disk.
 
-Every state change is written atomically (write-temp, fsync, rename), so a crash leaves
-either the old state or the new one.
+    <root>/containers/<id>/config.json   what was asked for (durable: fsync + rename)
+    <root>/containers/<id>/state.json    how it ended: created or exited, exit code (durable)
+    <root>/containers/<id>/{upper,work,rootfs}
+    <run>/containers/<id>.json           while it runs: status and pid (volatile, like
+                                         runc's /run/runc; rename without fsync)
+
+Every write is atomic (temp file + rename), so a crash leaves the old or the new state,
+never a torn one. The running state is volatile on purpose: after a reboot the process is
+gone whatever the file says, and `ps` reconciles a dead pid to "exited".
 """
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ from typing import Any
 
 from ..atomic import file_lock, write_json_atomic
 from ..errors import InvalidArgument, StateError
-from .paths import containers_dir
+from .paths import containers_dir, run_dir
 
 STATUSES = ("created", "running", "paused", "exited")
 
@@ -58,14 +65,27 @@ class ContainerRecord:
     def save(self) -> None:
         write_json_atomic(self.dir / "config.json", asdict(self))
 
+    @property
+    def runtime_state_file(self) -> Path:
+        return run_dir() / "containers" / f"{self.id}.json"
+
     def read_state(self) -> ContainerState:
-        try:
-            return ContainerState(**json.loads((self.dir / "state.json").read_text()))
-        except FileNotFoundError:
-            return ContainerState()
+        """The running state if the container runs, else the durable created/exited state."""
+        for path in (self.runtime_state_file, self.dir / "state.json"):
+            try:
+                return ContainerState(**json.loads(path.read_text()))
+            except FileNotFoundError:
+                continue
+        return ContainerState()
 
     def write_state(self, state: ContainerState) -> None:
+        """Running and paused go to the volatile run dir; created and exited are made durable."""
+        if state.status in ("running", "paused"):
+            self.runtime_state_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(self.runtime_state_file, asdict(state), durable=False)
+            return
         write_json_atomic(self.dir / "state.json", asdict(state))
+        self.runtime_state_file.unlink(missing_ok=True)
 
 
 def new_id() -> str:
@@ -86,12 +106,13 @@ def create_record(**fields: Any) -> ContainerRecord:
                 raise StateError(f"the container name {name!r} is already in use: remove that container or pick another --name")
         cid = new_id()
         record = ContainerRecord(id=cid, **{**fields, "name": name or cid[:12]}, created_at=time.time())
+        # build the whole directory under a temporary name, then rename it into place:
+        # a crash never leaves a container directory without its config
         tmp = base / f".new-{cid}"
         for sub in ("upper", "work", "rootfs"):
             (tmp / sub).mkdir(parents=True)
+        write_json_atomic(tmp / "config.json", asdict(record))
         os.rename(tmp, record.dir)
-        record.save()
-        record.write_state(ContainerState())
     return record
 
 
@@ -109,6 +130,7 @@ def list_records() -> list[ContainerRecord]:
 
 def remove_record(record: ContainerRecord) -> None:
     """Delete the container's directory: rename first, so a crash never leaves half a record."""
+    record.runtime_state_file.unlink(missing_ok=True)
     if not record.dir.exists():
         return
     doomed = record.dir.with_name(f".rm-{record.id}")

@@ -12,3 +12,8 @@ def engine_root() -> Path:
 
 def containers_dir() -> Path:
     return engine_root() / "containers"
+
+
+def run_dir() -> Path:
+    """Volatile runtime state (running pids), like runc's /run/runc: MINICONTAINER_RUN."""
+    return Path(os.environ.get("MINICONTAINER_RUN", "/run/minicontainer"))

@@ -156,18 +156,22 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
 def finish(record: ContainerRecord, cgroup: Cgroup, proc: ContainerProcess | None, remove: bool) -> ContainerState:
     """Record how the container ended, then remove its cgroup (and the container, with --rm)."""
     state = record.read_state()
-    if proc is not None:
-        state.exit_code = proc.wait()
-        state.oom_killed = proc.killed_by_signal == signal.SIGKILL and cgroup.oom_killed()
-    state.status, state.finished_at, state.pid = "exited", time.time(), 0
     try:
-        cgroup.kill_all()  # a daemon the command left behind dies with the container, as in docker
-        cgroup.remove()
+        if proc is not None:
+            state.exit_code = proc.wait()
+            state.oom_killed = proc.killed_by_signal == signal.SIGKILL and cgroup.oom_killed()
+        state.status, state.finished_at, state.pid = "exited", time.time(), 0
+        try:
+            cgroup.kill_all()  # a daemon the command left behind dies with the container, as in docker
+            cgroup.remove()
+        finally:
+            if remove:
+                remove_record(record)
+            else:
+                record.write_state(state)
     finally:
-        if remove:
-            remove_record(record)
-        else:
-            record.write_state(state)
+        if proc is not None:
+            proc.reap()
     return state
 
 

@@ -256,8 +256,9 @@ def _make_cgroup_dir(path: str, why: str) -> bool:
         raise KernelError("cgroup_create", exc.errno or 0, f"mkdir {path}") from None
 
 
-def _remove_cgroup_dir(path: str, why: str, timeout: float = RMDIR_TIMEOUT) -> None:
+def _remove_cgroup_dir(path: str, why: str, timeout: float | None = None) -> None:
     """rmdir a cgroup, waiting briefly while just-killed tasks finish exiting."""
+    timeout = RMDIR_TIMEOUT if timeout is None else timeout
     if not is_planning() and not os.path.isdir(path):
         return   # already gone: removing is idempotent
     step = Step(name="cgroup_remove", call=f"rmdir {path}", shell=f"rmdir {path}", why=why)

@@ -281,3 +281,17 @@ def bearer_challenge(realm: str, service: str, scope: str | None = None,
 
 def basic_challenge(realm: str = SERVICE) -> str:
     return f'Basic realm="{realm}"'
+
+
+def add_htpasswd_user(path: Path | str, user: str, password: str) -> None:
+    """``minicontainer registry htpasswd``: add or replace one user's line, atomically."""
+    path = Path(path)
+    lines = path.read_text().splitlines() if path.exists() else []
+    lines = [line for line in lines if line.partition(":")[0] != user]
+    lines.append(make_htpasswd_line(user, password))
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write("\n".join(lines) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -19,6 +19,7 @@ and computed before fork; the children only make syscalls, write to pipes and ex
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -59,16 +60,25 @@ class ContainerProcess:
             pass
 
     def wait(self) -> int:
-        """Block until PID 1 exits; return its exit code, 128+N for a signal, as docker does."""
+        """Block until PID 1 exits; return its exit code, 128+N for a signal, as docker does.
+
+        The setup child reports the status *before* it exits, and its own exit is where the
+        kernel tears the namespaces down; call :meth:`reap` after cleaning up so that the
+        teardown overlaps with the engine's own work.
+        """
         if self.exit_status is None:
-            report = _read_all(self.status_fd)
-            os.close(self.status_fd)
-            _waitpid(self.setup_pid)
-            status = [line.split()[1] for line in report.decode().splitlines() if line.startswith("status ")]
-            # no status line means the setup child itself was killed (say, by a test's kill -9)
-            self.exit_status = int(status[0]) if status else 0x09  # as if SIGKILLed
+            line = _read_line(self.status_fd).decode()
+            # no status line: the setup child itself was killed (say, by kill -9)
+            self.exit_status = int(line.split()[1]) if line.startswith("status ") else 0x09
         return os.waitstatus_to_exitcode(self.exit_status) if os.WIFEXITED(self.exit_status) \
             else 128 + os.WTERMSIG(self.exit_status)
+
+    def reap(self) -> None:
+        """Collect the setup child (after :meth:`wait`), so no zombie is left."""
+        if self.status_fd >= 0:
+            os.close(self.status_fd)
+            self.status_fd = -1
+            _waitpid(self.setup_pid)
 
     @property
     def killed_by_signal(self) -> int | None:
@@ -110,7 +120,12 @@ def _fork() -> int:
     # Our children only make syscalls and exec (see the module docstring), so it can't.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        return os.fork()
+        pid = os.fork()
+    if pid == 0:
+        # A garbage collection in the child would touch every object and copy every page
+        # of the parent's heap (copy-on-write); the child execs soon, so skip it.
+        gc.disable()
+    return pid
 
 
 def _child_trace(fd: int) -> None:
