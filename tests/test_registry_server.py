@@ -543,7 +543,6 @@ def test_htpasswd_basic_auth_challenges_then_accepts_the_right_password(engine_r
 
 
 def test_load_htpasswd_explains_what_to_do_with_bcrypt_when_bcrypt_is_missing(engine_root):
-    pytest.importorskip  # noqa: B018 (documents the intent: this test is about the missing module)
     try:
         import bcrypt  # noqa: F401
         pytest.skip("the bcrypt module is installed here, so bcrypt lines are accepted")
@@ -668,9 +667,29 @@ def test_state_changing_requests_are_recorded_as_steps_when_a_trace_is_active(cl
     assert step.shell.startswith("curl -X PUT")
 
 
-def test_without_a_trace_no_steps_are_recorded(client):
-    assert trace.active() is None
-    push_blob(client, "student/app", b"quiet")
+def test_a_notebook_planning_a_trace_does_not_stop_the_server_from_storing(client):
+    """plan() records steps without running them; the server must still do its work."""
+    with trace.planning() as planned:
+        digest = push_blob(client, "student/app", b"stored anyway")
+    assert client.get(f"/v2/student/app/blobs/{digest}").content == b"stored anyway"
+    assert planned.names() == []
+
+
+def test_ctrl_c_stops_a_foreground_server_cleanly(engine_root):
+    child = subprocess.Popen([sys.executable, "-c", SERVER_CHILD, str(engine_root / "registry")],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = child.stdout.readline().strip()
+        assert httpx.get(f"{url}/v2/").status_code == 200
+        child.send_signal(signal.SIGINT)
+        assert child.wait() == 0
+        assert "Traceback" not in child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+        child.stderr.close()
 
 
 def test_the_server_refuses_to_listen_beyond_loopback_unless_asked(engine_root):

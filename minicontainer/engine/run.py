@@ -17,7 +17,7 @@ from .. import trace
 from ..errors import MinicontainerError, require_root
 from ..image.reference import parse_reference
 from ..image.store import Image, ImageStore, host_platform
-from ..kernel.cgroups import Cgroup, Limits, open_cgroup, parse_cpus, parse_memory
+from ..kernel.cgroups import Cgroup, CgroupStats, Limits, open_cgroup, parse_cpus, parse_memory
 from ..kernel.mounts import Volume
 from ..runtime.process import ContainerProcess, start_container
 from ..runtime.spec import ContainerSpec
@@ -86,6 +86,7 @@ class RunResult:
     oom_killed: bool = False
     container_id: str = ""
     name: str = ""
+    stats: CgroupStats | None = None    # the cgroup's last figures: memory peak, CPU time, OOM kills
 
     @property
     def output(self) -> str:
@@ -153,13 +154,20 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
     return record, spec, cgroup
 
 
-def finish(record: ContainerRecord, cgroup: Cgroup, proc: ContainerProcess | None, remove: bool) -> ContainerState:
-    """Record how the container ended, then remove its cgroup (and the container, with --rm)."""
-    state = record.read_state()
+def finish(record: ContainerRecord, cgroup: Cgroup, proc: ContainerProcess | None,
+           remove: bool) -> tuple[ContainerState, CgroupStats | None]:
+    """Record how the container ended, then remove its cgroup (and the container, with --rm).
+
+    Returns the final state and the cgroup's last statistics (memory peak, CPU time, OOM kills).
+    """
+    state, stats = record.read_state(), None
     try:
         if proc is not None:
             state.exit_code = proc.wait()
-            state.oom_killed = proc.killed_by_signal == signal.SIGKILL and cgroup.oom_killed()
+            # like docker's OOMKilled: any process of the container was killed by the OOM killer
+            stats = cgroup.stats()
+            state.oom_killed = stats.oom_kills > 0
+
         state.status, state.finished_at, state.pid = "exited", time.time(), 0
         try:
             cgroup.kill_all()  # a daemon the command left behind dies with the container, as in docker
@@ -172,7 +180,7 @@ def finish(record: ContainerRecord, cgroup: Cgroup, proc: ContainerProcess | Non
     finally:
         if proc is not None:
             proc.reap()
-    return state
+    return state, stats
 
 
 def _capture(proc: ContainerProcess, out_r: int, err_r: int, stdin_w: int | None, data: bytes) -> tuple[bytes, bytes]:
@@ -237,9 +245,9 @@ def run(image: str = "busybox", cmd: list[str] | str | None = None, *, input: by
                     os.close(fd)
                 finish(record, cgroup, None, remove=True)
         stdout, stderr = _capture(proc, out_r, err_r, in_w, input.encode() if isinstance(input, str) else input)
-        state = finish(record, cgroup, proc, opts.remove)
+        state, stats = finish(record, cgroup, proc, opts.remove)
     return RunResult(state.exit_code if state.exit_code is not None else -1, stdout.decode(errors="replace"),
-                     stderr.decode(errors="replace"), tr, state.oom_killed, record.id, record.name)
+                     stderr.decode(errors="replace"), tr, state.oom_killed, record.id, record.name, stats)
 
 
 def _start(record: ContainerRecord, spec: ContainerSpec, stdio: tuple[int, int, int],
@@ -265,7 +273,7 @@ def run_foreground(opts: RunOptions, *, show_trace: bool = False) -> tuple[Conta
             if proc is None:
                 finish(record, cgroup, None, remove=True)
         try:
-            state = finish(record, cgroup, proc, opts.remove)
+            state, _ = finish(record, cgroup, proc, opts.remove)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -286,7 +294,7 @@ def plan(image: str = "busybox", cmd: list[str] | str | None = None, **options) 
     spec = _spec_for(fake, image_obj, lowers, opts)
     spec.rootfs, spec.upper, spec.work = (f"{engine_root()}/containers/<id>/{d}" for d in ("rootfs", "upper", "work"))
     with trace.planning() as tr:
-        cgroup = open_cgroup("<id>")
+        cgroup = open_cgroup("ID")  # planning: nothing is created
         cgroup.create()
         cgroup.set_limits(opts.limits)
         spec.cgroup_procs = cgroup.procs_files()

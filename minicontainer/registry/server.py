@@ -55,8 +55,8 @@ class RequestLogEntry:
     method: str
     path: str            # as the client sent it, query included ('?digest=sha256:...')
     status: int          # 0 when the client went away before an answer
-    bytes_in: int
-    bytes_out: int
+    bytes_in: int        # body bytes received
+    bytes_out: int       # body bytes sent (headers not counted)
     duration: float     # seconds
     auth: str = "none"   # "none", "basic:<user>" or "bearer:<user>"
 
@@ -190,10 +190,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     # ---- plumbing ---------------------------------------------------------------------
     def _dispatch(self) -> None:
-        registry = self.server.registry
-        started = time.perf_counter()
+        self._started = time.perf_counter()
         self._status, self._bytes_out, self._auth = 0, 0, "none"
         self._body: _Body | None = None
+        self._entry: RequestLogEntry | None = None
         try:
             url = urlsplit(self.path)
             self._query = parse_qs(url.query, keep_blank_values=True)
@@ -209,10 +209,20 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             if self._body is None or (not self._body.done and not self._body.drain()):
                 self.close_connection = True
-            registry._record(RequestLogEntry(
-                self.command, self.path, self._status,
-                self._body.received if self._body else 0, self._bytes_out,
-                time.perf_counter() - started, self._auth))
+            entry = self._log_entry()
+            entry.bytes_in = self._body.received if self._body else 0
+            entry.bytes_out, entry.duration = self._bytes_out, time.perf_counter() - self._started
+            if self.server.registry.on_request is not None:
+                self.server.registry.on_request(entry)
+
+    def _log_entry(self) -> RequestLogEntry:
+        """Log the request when its answer starts, so a client that has the answer finds it logged."""
+        if self._entry is None:
+            self._entry = RequestLogEntry(self.command, unquote(self.path), self._status,
+                                          self._body.received if self._body else 0, 0,
+                                          time.perf_counter() - self._started, self._auth)
+            self.server.registry._record(self._entry)
+        return self._entry
 
     def _send(self, status: int, headers: dict[str, str] | None = None, body: bytes = b"",
               length: int | None = None) -> None:
@@ -223,8 +233,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         if status != 204:
             self.send_header("Content-Length", str(len(body) if length is None else length))
-        self.end_headers()
         self._status = status
+        self._log_entry()
+        self.end_headers()
         if body and self.command != "HEAD":
             self.wfile.write(body)
             self._bytes_out += len(body)
@@ -235,6 +246,9 @@ class _Handler(BaseHTTPRequestHandler):
                    json.dumps(value).encode())
 
     def _send_error(self, error: DistributionError) -> None:
+        if self._status:  # an answer has already started: all we can do is hang up
+            self.close_connection = True
+            return
         try:
             self._send_json(error.status, error.body(), error.headers)
         except OSError:
@@ -436,10 +450,11 @@ class _Handler(BaseHTTPRequestHandler):
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         count = end - start + 1 if size else 0
-        self._send(status, headers, length=count)
-        if self.command == "GET" and count:
-            # sendfile(2): the kernel copies page cache to socket; the bytes never enter Python
-            with open(storage.blob_file(digest), "rb") as f:
+        # open before answering: once the headers are out, an error can no longer be reported
+        with open(storage.blob_file(digest), "rb") as f:
+            self._send(status, headers, length=count)
+            if self.command == "GET" and count:
+                # sendfile(2): the kernel copies page cache to socket; the bytes never enter Python
                 self._bytes_out += self.connection.sendfile(f, start, count)
 
     # ---- manifests ----------------------------------------------------------------------
@@ -600,7 +615,7 @@ class RegistryServer:
                  htpasswd: Path | str | None = None, token_realm: bool = False,
                  users: dict[str, str] | None = None, allow_remote: bool = False,
                  token_secret: bytes | None = None,
-                 on_request: Callable[[RequestLogEntry], None] | None = None,
+                 on_request: Callable[[RequestLogEntry], None] | None = None,  # called when a request is done
                  log_limit: int = 100_000):
         """``users`` maps user names to plain passwords (handy in tests and notebooks)."""
         host, port = _split_addr(addr)
@@ -638,8 +653,6 @@ class RegistryServer:
             self.log.append(entry)
             if len(self.log) > self.log_limit:
                 del self.log[: len(self.log) - self.log_limit]
-        if self.on_request is not None:
-            self.on_request(entry)
 
     def start(self) -> "RegistryServer":
         """Serve in a background thread; returns self so ``srv = RegistryServer(...).start()`` works."""
@@ -656,12 +669,18 @@ class RegistryServer:
             self._httpd.shutdown()
             self._thread.join()
             self._thread = None
+        self._close_connections()
+
+    def _close_connections(self, wait: float = 5.0) -> None:
         self._httpd.server_close()
         for conn in list(self._connections):
             try:
                 conn.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked reading the next request
             except OSError:
                 pass
+        deadline = time.monotonic() + wait
+        while self._connections and time.monotonic() < deadline:
+            time.sleep(0.01)  # let handler threads finish, so nothing writes to storage after stop()
 
     def serve_forever(self) -> None:
         """Serve in the foreground (the CLI); Ctrl-C stops cleanly."""
@@ -671,12 +690,7 @@ class RegistryServer:
         except KeyboardInterrupt:
             pass
         finally:
-            self._httpd.server_close()
-            for conn in list(self._connections):
-                try:
-                    conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self._close_connections()
 
     def __enter__(self) -> "RegistryServer":
         return self.start()

@@ -1,0 +1,236 @@
+"""minicontainer.run(): a real container from the built-in busybox image, on the real kernel."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+import minicontainer
+from minicontainer.errors import ImageNotFound, InvalidArgument, InvalidReference, MinicontainerError
+from minicontainer.kernel.namespaces import namespace_ids
+
+
+def leftover_containers(engine_root) -> list[str]:
+    """Container directories, including half-made (.new-*) or half-removed (.rm-*) ones."""
+    base = engine_root / "containers"
+    return sorted(p.name for p in base.iterdir() if p.name != ".lock") if base.exists() else []
+
+
+def test_command_runs_and_its_exit_code_and_output_come_back():
+    result = minicontainer.run("busybox", "echo out; echo err >&2; exit 3")
+    assert result.exit_code == 3
+    assert result.stdout == "out\n"
+    assert result.stderr == "err\n"
+
+
+def test_container_sees_itself_as_pid_1_and_no_host_process():
+    result = minicontainer.run("busybox", "echo $$; ls /proc | grep -E '^[0-9]+$'")
+    first, *pids = result.stdout.split()
+    assert first == "1"
+    # only the shell (1) and the ls/grep it forked: none of the host's hundreds of processes
+    assert "1" in pids and all(int(p) < 10 for p in pids)
+
+
+def test_hostname_is_isolated_from_the_host():
+    host = socket.gethostname()
+    result = minicontainer.run("busybox", ["hostname"], hostname="box")
+    assert result.stdout.strip() == "box"
+    assert socket.gethostname() == host
+
+
+def test_default_hostname_is_the_short_container_id():
+    result = minicontainer.run("busybox", ["hostname"])
+    assert result.stdout.strip() == result.container_id[:12]
+
+
+def test_host_files_outside_volumes_are_unreachable(tmp_path):
+    secret = tmp_path / "host-secret"
+    secret.write_text("do not read")
+    result = minicontainer.run("busybox", f"cat {secret}; ls /; cat /etc/hostname")
+    assert "do not read" not in result.stdout
+    assert "No such file" in result.stderr
+    assert result.stdout.split()[-1] == "busybox"  # the image's /etc/hostname, not the host's
+
+
+def test_every_namespace_differs_from_the_hosts():
+    host = namespace_ids()
+    result = minicontainer.run("busybox", "for n in pid mnt uts ipc net cgroup; do readlink /proc/self/ns/$n; done")
+    inside = dict(line.split(":") for line in result.stdout.split())
+    for kind in ("pid", "mnt", "uts", "ipc", "net", "cgroup"):
+        assert int(inside[kind].strip("[]")) != host[kind], kind
+
+
+def test_network_namespace_has_only_loopback_and_it_is_up():
+    result = minicontainer.run("busybox", "ls /sys/class/net; cat /sys/class/net/lo/operstate; cat /sys/class/net/lo/flags")
+    lines = result.stdout.split()
+    assert lines[0] == "lo" and len(lines) == 3
+    assert int(lines[2], 16) & 0x1  # IFF_UP
+
+
+def test_no_engine_file_descriptor_leaks_into_the_container(tmp_path):
+    # an inheritable fd in the engine, the CVE-2024-21626 class: it must not reach the container
+    leaky = os.open(tmp_path / "engine-file", os.O_CREAT | os.O_RDWR)
+    os.set_inheritable(leaky, True)
+    try:
+        # the trailing ":" keeps sh from exec-ing ls, so $$ is the shell, which holds no fd of its own
+        result = minicontainer.run("busybox", "ls /proc/$$/fd; :")
+    finally:
+        os.close(leaky)
+    assert sorted(result.stdout.split()) == ["0", "1", "2"]
+
+
+def test_environment_and_working_directory_are_applied():
+    result = minicontainer.run("busybox", "echo $GREETING; pwd; echo $PATH", env=["GREETING=hi"], workdir="/tmp")
+    greeting, cwd, path = result.stdout.split()
+    assert (greeting, cwd) == ("hi", "/tmp")
+    assert path.startswith("/usr/local/sbin")  # from the image config
+
+
+def test_stdin_is_passed_to_the_container():
+    result = minicontainer.run("busybox", ["tr", "a-z", "A-Z"], input="shout\n")
+    assert result.stdout == "SHOUT\n"
+
+
+def test_writes_land_in_the_container_not_in_the_image_layer(engine_root):
+    minicontainer.run("busybox", "echo changed > /etc/hostname")
+    again = minicontainer.run("busybox", ["cat", "/etc/hostname"])
+    assert again.stdout == "busybox\n"  # each container has its own upper dir
+
+
+def test_volume_is_shared_with_the_host_and_readonly_volume_refuses_writes(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from host")
+    result = minicontainer.run("busybox", "cat /data/in.txt; echo from container > /data/out.txt",
+                               volumes=[f"{data}:/data"])
+    assert result.stdout == "from host" and result.exit_code == 0
+    assert (data / "out.txt").read_text() == "from container\n"
+    ro = minicontainer.run("busybox", "cat /data/in.txt && touch /data/x", volumes=[f"{data}:/data:ro"])
+    assert ro.exit_code != 0 and "Read-only file system" in ro.stderr
+    assert not (data / "x").exists()
+
+
+def test_read_only_rootfs_refuses_writes_but_tmp_volume_works(tmp_path):
+    result = minicontainer.run("busybox", "touch /etc/x", readonly=True)
+    assert result.exit_code != 0 and "Read-only file system" in result.stderr
+
+
+def test_dev_has_only_the_minimal_devices():
+    result = minicontainer.run("busybox", "ls /dev; head -c 4 /dev/zero | wc -c; echo x > /dev/null && echo ok")
+    names = result.stdout.split()
+    for dev in ("null", "zero", "full", "random", "urandom", "tty", "pts", "shm"):
+        assert dev in names
+    assert "sda" not in names and "vda" not in names
+    assert names[-2:] == ["4", "ok"]
+
+
+def test_sys_is_read_only():
+    result = minicontainer.run("busybox", "echo 1 > /sys/kernel/mm/ksm/run")
+    assert result.exit_code != 0 and "Read-only file system" in result.stderr
+
+
+def test_memory_limit_oom_kills_with_137_and_sets_the_flag():
+    result = minicontainer.run("busybox", ["sh", "-c", "head -c 200m /dev/zero | tail"], memory="32m")
+    assert result.exit_code == 137
+    assert result.oom_killed
+    assert result.stats.oom_kills >= 1
+    assert result.stats.memory_peak <= 32 * 2**20
+
+
+def test_fork_loop_is_bounded_by_pids_limit_and_the_host_survives():
+    script = "n=0; for i in $(seq 60); do sleep 5 & n=$((n+1)); done 2>/dev/null; jobs -p | wc -l"
+    result = minicontainer.run("busybox", ["sh", "-c", script], pids_limit=8)
+    assert "can't fork" in result.stderr or result.exit_code != 0
+    assert result.stats.pids_current <= 8
+    # every sleeper was killed with the container, and the host can still fork
+    assert os.waitpid(os.fork() or os._exit(0), 0)[1] == 0
+
+
+def test_cpu_quota_limits_cpu_time():
+    busy = "end=$(($(date +%s)+2)); while [ $(date +%s) -lt $end ]; do :; done"
+    limited = minicontainer.run("busybox", ["sh", "-c", busy], cpus=0.2)
+    usage = limited.stats.cpu_usage_usec / 1e6
+    # 2 s of wall time at 0.2 CPU is about 0.4 s of CPU; unthrottled it would be about 2 s
+    assert 0.1 < usage < 0.9
+
+
+def test_bad_memory_string_is_refused_before_anything_is_created(engine_root):
+    with pytest.raises(InvalidArgument, match="memory"):
+        minicontainer.run("busybox", ["true"], memory="lots")
+    assert leftover_containers(engine_root) == []
+
+
+def test_missing_volume_path_is_refused_with_the_fix(engine_root, tmp_path):
+    with pytest.raises(InvalidArgument, match="does not exist on the host"):
+        minicontainer.run("busybox", ["true"], volumes=[f"{tmp_path}/nope:/data"])
+
+
+def test_missing_image_is_a_clear_error():
+    with pytest.raises(ImageNotFound, match="not found"):
+        minicontainer.run("alpine:3.19", ["true"])
+
+
+def test_malformed_image_reference_is_a_clear_error():
+    with pytest.raises(InvalidReference):
+        minicontainer.run("BusyBox", ["true"])
+
+
+def test_command_not_found_fails_with_127_and_rolls_back(engine_root):
+    with pytest.raises(MinicontainerError, match="executable file not found") as info:
+        minicontainer.run("busybox", ["no-such-command"])
+    assert info.value.exit_code == 127
+    assert leftover_containers(engine_root) == []
+
+
+def test_failure_midway_in_the_init_sequence_rolls_back_everything(engine_root, tmp_path):
+    # /bin/sh is a symlink in the image: mounting a volume "through" it must be refused inside
+    # the container's init, after the cgroup and container directory exist: all rolled back
+    data = tmp_path / "d"
+    data.mkdir()
+    with pytest.raises(MinicontainerError, match="symlink"):
+        minicontainer.run("busybox", ["true"], volumes=[f"{data}:/bin/sh/x"])
+    assert leftover_containers(engine_root) == []
+
+
+def test_missing_working_directory_fails_with_126():
+    with pytest.raises(MinicontainerError, match="working directory") as info:
+        minicontainer.run("busybox", ["true"], workdir="/nope")
+    assert info.value.exit_code == 126
+
+
+def test_container_without_rm_is_kept_as_exited(engine_root):
+    from minicontainer.engine.containers import list_records
+
+    result = minicontainer.run("busybox", "exit 4", remove=False, name="keeper")
+    [record] = list_records()
+    state = record.read_state()
+    assert (record.name, state.status, state.exit_code) == ("keeper", "exited", 4)
+    assert record.id == result.container_id
+    with pytest.raises(MinicontainerError, match="already in use"):
+        minicontainer.run("busybox", "true", name="keeper")
+
+
+def test_trace_records_every_kernel_step_in_order():
+    result = minicontainer.run("busybox", ["true"], memory="64m")
+    names = result.trace.names()
+    order = ["cgroup_create", "cgroup_write", "fork", "unshare", "cgroup_join", "make_private",
+             "mount_overlay", "mount_proc", "mount_dev", "mount_sys", "pivot_root", "umount_old_root",
+             "sethostname", "loopback_up", "execve", "cgroup_remove"]
+    positions = [names.index(n) for n in order]
+    assert positions == sorted(positions)
+    assert all(s.ok for s in result.trace)
+    write = result.trace.find("cgroup_write")
+    assert write.evidence["read back"] == str(64 * 2**20)
+    assert result.trace.find("pivot_root").shell.endswith("pivot_root . .")
+
+
+def test_plan_lists_the_same_steps_without_doing_them(engine_root):
+    planned = minicontainer.plan("busybox", ["true"], memory="64m")
+    real = minicontainer.run("busybox", ["true"], memory="64m")
+    assert {s.result for s in planned} == {"(planned)"}
+    # the real run also built and unpacked the image on first use, and removed its cgroup after
+    names = real.trace.names()
+    container_steps = [n for n in names[names.index("cgroup_create"):] if n != "cgroup_remove"]
+    assert planned.names() == container_steps
+    assert leftover_containers(engine_root) == []
