@@ -52,10 +52,17 @@ def _links() -> set[str]:
 
 
 def _processes_under(root: str) -> list[int]:
-    """Processes whose root or cwd lies under ``root``: escaped container processes."""
+    """Processes in a minicontainer cgroup, or whose root or cwd lies under ``root``."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cgroup") as f:
+                if "/minicontainer" in f.read():
+                    pids.append(int(entry))
+                    continue
+        except OSError:
             continue
         for what in ("root", "cwd"):
             try:
@@ -94,11 +101,12 @@ def no_leftovers(monkeypatch):
     cgroups_before = minicontainer_cgroups()
     netns_before, links_before = _netns(), _links()
     children_before = set(_children(os.getpid()))
+    contained_before = set(_processes_under(root))
     yield Path(root)
 
     problems = []
     stray = [p for p in _children(os.getpid()) if p not in children_before]
-    stray += _processes_under(root)
+    stray += [p for p in _processes_under(root) if p not in contained_before]
     if stray:
         problems.append(f"processes left running: {sorted(set(stray))}")
         for pid in set(stray):

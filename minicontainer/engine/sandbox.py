@@ -74,9 +74,10 @@ class Sandbox:
             raise SandboxError(reply["error"])
         return reply
 
-    def _step(self, op: str, name: str | None = None, **args) -> Step:
+    def _step(self, op: str, pick: str | None = None, **args) -> Step:
+        """Send one request; return the step called ``pick`` (default: the first one taken)."""
         steps = self._request(op, **args)["_steps"]
-        return next((s for s in steps if s.name == name), steps[0]) if name else steps[0]
+        return next((s for s in steps if s.name == pick), steps[0]) if pick else steps[0]
 
     # ---- the steps ---------------------------------------------------------------------
     def unshare(self, *kinds: str) -> Step:
@@ -109,7 +110,7 @@ class Sandbox:
 
     def mount_overlay(self) -> Step:
         """Make / private (so nothing propagates to the host), then mount the image's overlay."""
-        return self._step("mount_overlay", name="mount_overlay")
+        return self._step("mount_overlay", pick="mount_overlay")
 
     def mount_proc(self) -> Step:
         return self._step("mount_proc")
@@ -122,7 +123,7 @@ class Sandbox:
 
     def pivot_root(self) -> Step:
         """pivot_root into the overlay, then detach the old root."""
-        return self._step("pivot_root", name="pivot_root")
+        return self._step("pivot_root", pick="pivot_root")
 
     def run(self, args: list[str] | str) -> subprocess.CompletedProcess:
         """Run a command inside the sandbox as it is now; returns its exit code and output."""

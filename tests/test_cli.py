@@ -1,0 +1,134 @@
+"""The `minicontainer` command line, run as a real subprocess like a learner would."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+CLI = [sys.executable, "-m", "minicontainer"]
+
+
+def mc(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=120, **kwargs)
+
+
+def test_run_prints_output_and_propagates_the_exit_code():
+    done = mc("run", "--rm", "busybox", "sh", "-c", "echo hello; exit 7")
+    assert done.stdout == "hello\n"
+    assert done.returncode == 7
+
+
+def test_stdin_passes_through():
+    done = mc("run", "--rm", "busybox", "wc", "-c", input="12345")
+    assert done.stdout.strip() == "5"
+
+
+def test_options_after_the_image_belong_to_the_command():
+    done = mc("run", "--rm", "-e", "A=1", "--hostname", "h1", "busybox", "sh", "-c", "echo $A $(hostname)")
+    assert done.stdout == "1 h1\n"
+
+
+def test_oom_kill_exits_137_with_a_one_line_message():
+    done = mc("run", "--rm", "-m", "32m", "busybox", "sh", "-c", "head -c 200m /dev/zero | tail")
+    assert done.returncode == 137
+    assert done.stderr.strip().splitlines()[-1] == "killed: out of memory (limit 32 MiB)"
+
+
+def test_ctrl_c_is_forwarded_to_the_containers_pid_1(tmp_path):
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    proc = subprocess.Popen(CLI + ["run", "--rm", "-v", f"{ready}:/ready", "busybox", "sh", "-c",
+                                   "trap 'echo got INT; exit 42' INT; touch /ready/now; "
+                                   "while :; do sleep 0.05; done"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (ready / "now").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert "got INT" in out
+    assert proc.returncode == 42
+
+
+def test_trace_goes_to_stderr_after_the_output():
+    done = mc("run", "--rm", "--trace", "busybox", "true")
+    assert done.returncode == 0
+    for name in ("unshare", "mount_overlay", "pivot_root", "execve"):
+        assert name in done.stderr
+
+
+def test_explain_shows_the_plan_and_runs_nothing():
+    done = mc("run", "--explain", "-m", "64m", "busybox", "touch", "/tmp/x")
+    assert done.returncode == 0
+    assert "pivot_root" in done.stdout and "(planned)" not in done.stdout
+    assert "ms" not in done.stdout.split("\n")[0]
+    listing = os.listdir(os.path.join(os.environ["MINICONTAINER_ROOT"], "containers")) \
+        if os.path.exists(os.path.join(os.environ["MINICONTAINER_ROOT"], "containers")) else []
+    assert [n for n in listing if n != ".lock"] == []
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "-m", "lots", "busybox", "true"], "memory"),
+    (["run", "-v", "/does/not/exist:/data", "busybox", "true"], "does not exist on the host"),
+    (["run", "nosuchimage", "true"], "not found"),
+    (["run", "Bad/Name", "true"], "lowercase"),
+    (["run", "--cpus", "99", "busybox", "true"], "cpus"),
+])
+def test_bad_input_gets_one_clear_line_and_exit_125(args, message):
+    done = mc(*args)
+    assert done.returncode == 125
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_command_not_found_exits_127():
+    done = mc("run", "--rm", "busybox", "nosuchcmd")
+    assert done.returncode == 127
+    assert "executable file not found" in done.stderr
+
+
+def test_not_root_gets_a_clear_error():
+    def drop_root():
+        os.setgid(65534)
+        os.setuid(65534)
+
+    env = {**os.environ, "MINICONTAINER_ROOT": "/nonexistent/root"}
+    done = subprocess.run(CLI + ["run", "busybox", "true"], capture_output=True, text=True, env=env,
+                          preexec_fn=drop_root, cwd="/", timeout=60)
+    assert done.returncode == 125
+    assert done.stderr.strip() == "minicontainer: running a container needs root (CAP_SYS_ADMIN for " \
+                                  "namespaces, mounts and cgroups): run it with sudo"
+
+
+def test_images_lists_the_builtin_busybox():
+    done = mc("images")
+    header, *rows = done.stdout.splitlines()
+    assert header.split()[:2] == ["REPOSITORY", "TAG"]
+    assert any(r.split()[:2] == ["busybox", "latest"] for r in rows)
+
+
+def test_version_names_the_cgroup_mode():
+    done = mc("version")
+    assert done.returncode == 0
+    assert "minicontainer 0.1.0" in done.stdout and "hybrid" in done.stdout
+
+
+def test_whole_run_works_when_root_is_shared_like_on_a_systemd_host():
+    # The students' VM has / shared (systemd); this machine doesn't. Reproduce it in a
+    # throwaway mount namespace: without MS_PRIVATE first, pivot_root would fail with EINVAL
+    # and the container's mounts would propagate back here.
+    script = ("mount --make-rshared / && "
+              f"{' '.join(CLI)} run --rm busybox sh -c 'echo inside' && "
+              "grep -c overlay /proc/self/mountinfo || true")
+    done = subprocess.run(["unshare", "--mount", "--propagation", "unchanged", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    inside, overlays = done.stdout.split()
+    assert inside == "inside"
+    assert overlays == "0"  # no container mount propagated back into the (shared) parent namespace

@@ -1,0 +1,66 @@
+"""Sandbox: a container built one step at a time, watched from the host between steps."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from minicontainer import Sandbox
+from minicontainer.engine.sandbox import SandboxError
+from minicontainer.kernel.namespaces import namespace_ids
+
+
+def test_step_by_step_container_seen_from_the_host_between_steps():
+    host = namespace_ids()
+    with Sandbox("busybox", hostname="box") as sb:
+        first_pid = sb.pid
+        assert sb.namespace_ids() == host  # the helper starts in the host's namespaces
+
+        step = sb.unshare("pid", "mnt", "uts", "ipc", "net")
+        assert step.name == "unshare" and step.ok
+        assert sb.pid != first_pid  # unshare(CLONE_NEWPID) affects children: the helper forked
+        ids = sb.namespace_ids()
+        for kind in ("pid", "mnt", "uts", "ipc", "net"):
+            assert ids[kind] != host[kind], kind
+        assert ids["cgroup"] == host["cgroup"]
+        assert sb.trace.find("fork").result.startswith("PID 1 inside")
+
+        assert sb.sethostname("box").evidence["hostname"] == "box"
+        sb.join_cgroup(memory="64m", pids_limit=32)
+        with open(f"/proc/{sb.pid}/cgroup") as f:
+            assert any("minicontainer-" in line and ":memory:" in line for line in f)
+
+        sb.mount_overlay()
+        sb.mount_proc()
+        sb.mount_dev()
+        sb.mount_sys()
+        before_pivot = sb.run("ls /").stdout.split()
+        assert "work" in before_pivot or "usr" in before_pivot  # still the host's root
+
+        sb.pivot_root()
+        after = sb.run("ls /; cat /etc/hostname; echo $$").stdout.split()
+        assert "bin" in after and after[-2] == "busybox"
+        ps = sb.run(["ps", "-o", "pid,comm"]).stdout.split("\n")
+        assert ps[1].split()[0] == "1"  # the sandbox helper is PID 1 inside
+        # from the host, /proc/PID/root now shows the image's root, not the host's
+        assert "linuxrc" in os.listdir(f"/proc/{sb.pid}/root") and "linuxrc" not in os.listdir("/")
+
+        done = sb.exec(["sh", "-c", "echo I am PID $$ on $(hostname)"])
+        assert done.stdout == "I am PID 1 on box\n"
+        assert done.returncode == 0
+        names = sb.trace.names()
+        assert names.index("unshare") < names.index("mount_overlay") < names.index("pivot_root") < names.index("execve")
+
+
+def test_a_failed_step_raises_and_is_recorded_in_the_trace():
+    with Sandbox("busybox") as sb:
+        with pytest.raises(SandboxError, match="pivot_root"):
+            sb.pivot_root()  # no overlay mounted yet: new_root is not a mount point
+        assert sb.trace[-1].name == "pivot_root" and not sb.trace[-1].ok
+
+
+def test_steps_after_exec_are_refused():
+    with Sandbox("busybox") as sb:
+        sb.exec(["true"])
+        with pytest.raises(SandboxError, match="finished"):
+            sb.run("true")
