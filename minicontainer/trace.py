@@ -14,6 +14,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -126,6 +127,10 @@ class Trace:
 
     # ---- renderings -------------------------------------------------------------
     def text(self, *, why: bool = True) -> str:
+        """One block per step; 64-hex ids are shortened to 12 characters, as docker shows them."""
+        return _short_ids(self._text(why))
+
+    def _text(self, why: bool) -> str:
         lines = []
         for i, s in enumerate(self.steps, 1):
             mark = "✗" if s.error else ("·" if s.result == PLANNED else "✓")
@@ -155,7 +160,7 @@ class Trace:
                 f"<td><code>{html.escape(s.call)}</code></td><td><code>{html.escape(s.shell)}</code></td>"
                 f"<td>{html.escape(s.why)}</td><td>{result if s.evidence else html.escape(result)}</td>"
                 f"<td>{'' if s.result == PLANNED else f'{s.duration * 1000:.2f}'}</td></tr>")
-        return f"<table>{head}{''.join(rows)}</table>"
+        return _short_ids(f"<table>{head}{''.join(rows)}</table>")
 
     def to_json(self) -> str:
         return json.dumps([s.to_dict() for s in self.steps], indent=1)
@@ -166,6 +171,13 @@ class Trace:
 
     def __repr__(self) -> str:
         return f"<Trace of {len(self.steps)} steps: {', '.join(self.names())}>"
+
+
+_LONG_ID = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{52}\b")
+
+
+def _short_ids(text: str) -> str:
+    return _LONG_ID.sub(r"\1…", text)
 
 
 # ---- the active trace -------------------------------------------------------------
