@@ -8,7 +8,7 @@ The public API is imported lazily so the CLI starts fast.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which costs the CLI ~10 ms
 
 __version__ = "0.1.0"
 __all__ = ["run", "plan", "Sandbox", "images", "Trace", "Step", "namespace_ids", "MinicontainerError"]

@@ -10,7 +10,9 @@ import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
+if TYPE_CHECKING:
+    from typing import Any, Iterator
 
 
 def write_atomic(path: str | os.PathLike, data: bytes, mode: int = 0o644, *, durable: bool = True) -> None:

@@ -182,12 +182,14 @@ def case_oversized_pax_header(d: Path, outside: Path) -> HostileCase:
 
 
 def case_pax_header_declaring_a_gigabyte(d: Path, outside: Path) -> HostileCase:
+    d.mkdir(parents=True, exist_ok=True)
     path = d / "gigapax.tar"
     path.write_bytes(raw_header("././@PaxHeader", tarfile.XHDTYPE, 1 << 30) + b"9 path=x\n".ljust(512, b"\0"))
     return HostileCase([path], "refused", refusal="limit")
 
 
 def case_gnu_long_name_declaring_a_gigabyte(d: Path, outside: Path) -> HostileCase:
+    d.mkdir(parents=True, exist_ok=True)
     path = d / "gigalong.tar"
     path.write_bytes(raw_header("././@LongLink", tarfile.GNUTYPE_LONGNAME, 1 << 30) + bytes(512))
     return HostileCase([path], "refused", refusal="limit")

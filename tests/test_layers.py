@@ -386,9 +386,9 @@ def test_overlay_layers_mounted_together_show_what_flatten_builds(blobs, tmp_pat
     layers = [
         write_tar(blobs / "1.tar", [dir_("a"), member("a/b", data=b"b"), member("a/c", data=b"c"),
                                     dir_("d"), member("d/old", data=b"o"), member("x", data=b"x")]),
-        write_tar(blobs / "2.tar", [member("a/.wh.b"), member("d/.wh..wh..opq"),
+        write_tar(blobs / "2.tar", [dir_("a"), member("a/.wh.b"), dir_("d"), member("d/.wh..wh..opq"),
                                     member("d/new", data=b"n"), member(".wh.x")]),
-        write_tar(blobs / "3.tar", [member(".wh.d"), member("d/again", data=b"g"),
+        write_tar(blobs / "3.tar", [member(".wh.d"), dir_("d", mode=0o700), member("d/again", data=b"g"),
                                     member("x", data=b"back")]),
     ]
     flat = tmp_path / "flat"
@@ -711,7 +711,7 @@ def test_flatten_apply_builds_the_same_tree_as_umoci(blobs, tmp_path):
             hardlink("usr/bin/tool2", "usr/bin/tool"), symlink("usr/bin/t", "tool"),
             member("usr/bin/su", data=b"su", mode=0o4755), dir_("usr/lib"), member("usr/lib/libx.so", data=b"x"),
             dir_("run"), member("run/fifo", tarfile.FIFOTYPE, mode=0o600),
-            member("dev/null", tarfile.CHRTYPE, mode=0o666, devmajor=1, devminor=3),
+            dir_("dev"), member("dev/null", tarfile.CHRTYPE, mode=0o666, devmajor=1, devminor=3),
             dir_("opt"), dir_("opt/old"), member("opt/old/a", data=b"a"), dir_("opt/old/sub"),
             member("opt/old/sub/b", data=b"b"), dir_("srv"), member("srv/data", data=b"d"),
         ]),

@@ -448,16 +448,31 @@ class _Root:
     def __init__(self, target: Path):
         self.fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.cache: dict[str, int] = {}
+        self.first_mtimes: dict[str, int] = {"": os.fstat(self.fd).st_mtime_ns}
 
     def close(self) -> None:
         self.forget()
         os.close(self.fd)
 
     def forget(self) -> None:
-        """Drop cached fds: needed whenever a directory inside the target is removed."""
+        """Close every cached fd. Only call it between entries, when no caller holds one."""
         for fd in self.cache.values():
             os.close(fd)
         self.cache.clear()
+
+    def trim(self) -> None:
+        """Bound the number of open fds; called between entries."""
+        if len(self.cache) >= _MAX_CACHED_DIRS:
+            self.forget()
+
+    def forget_under(self, rel: str) -> None:
+        """Drop the fds of ``rel`` and everything below it, which is about to be removed.
+
+        Callers only ever hold fds of *ancestors* of what they remove, so those stay valid.
+        """
+        prefix = rel + "/"
+        for key in [k for k in self.cache if k == rel or k.startswith(prefix)]:
+            os.close(self.cache.pop(key))
 
     def dir_fd(self, rel: str, *, create: bool, entry: str,
                on_nondir=None) -> int | None:
@@ -477,16 +492,18 @@ class _Root:
             child = self._open_child(fd, part, done, create=create, entry=entry, on_nondir=on_nondir)
             if child is None:
                 return None
-            if len(self.cache) >= _MAX_CACHED_DIRS:
-                self.forget()
-            self.cache[done] = child
+            self.cache[done] = child  # never evicted here: the caller may hold parent fds
             fd = child
         return fd
 
     def _open_child(self, parent: int, name: str, rel: str, *, create: bool, entry: str,
                     on_nondir) -> int | None:
         try:
-            return os.open(name, _O_DIR, dir_fd=parent)
+            fd = os.open(name, _O_DIR, dir_fd=parent)
+            # Remember when an existing directory was last changed: adding or removing its
+            # children must not change that, unless the layer itself lists the directory.
+            self.first_mtimes.setdefault(rel, os.fstat(fd).st_mtime_ns)
+            return fd
         except FileNotFoundError:
             if not create:
                 return None
@@ -501,14 +518,14 @@ class _Root:
             raise _refuse(entry, f"its parent {rel!r} is not a directory ({exc.strerror})") from None
 
 
-def _remove(parent: int, name: str, root: _Root) -> bool:
+def _remove(parent: int, name: str, rel: str, root: _Root) -> bool:
     """Remove ``name`` (a whole tree if it is a directory) without following symlinks."""
     try:
         st = os.stat(name, dir_fd=parent, follow_symlinks=False)
     except FileNotFoundError:
         return False
     if stat.S_ISDIR(st.st_mode):
-        root.forget()
+        root.forget_under(rel)
         shutil.rmtree(name, dir_fd=parent)  # fd-based: immune to symlink swaps
     else:
         os.unlink(name, dir_fd=parent)
@@ -581,6 +598,7 @@ class _Applier:
         base = parts[-1]
         parent_rel = "/".join(parts[:-1])
         rel = f"{parent_rel}/{base}" if parent_rel else base
+        self.root.trim()
         if base == OPAQUE_MARKER:
             _skip(stream, entry)
             return self._opaque(parent_rel, entry)
@@ -595,25 +613,25 @@ class _Applier:
         self._mark(rel)
         kind = entry.type
         if kind in _REGULAR:
-            self._file(parent, base, entry, stream)
+            self._file(parent, base, rel, entry, stream)
         elif kind == tarfile.DIRTYPE:
             self._directory(parent, base, rel, entry)
         elif kind == tarfile.SYMTYPE:
-            self._symlink(parent, base, entry)
+            self._symlink(parent, base, rel, entry)
         elif kind == tarfile.LNKTYPE:
-            self._hardlink(parent, base, link_parts, entry)
+            self._hardlink(parent, base, rel, link_parts, entry)
         elif kind in (tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE):
-            self._device(parent, base, entry)
+            self._device(parent, base, rel, entry)
         else:
             raise _refuse(entry.name, f"unsupported tar entry type {kind!r}")
 
     # -- one function per entry type
-    def _file(self, parent: int, name: str, entry: TarEntry, stream: BinaryIO) -> None:
+    def _file(self, parent: int, name: str, rel: str, entry: TarEntry, stream: BinaryIO) -> None:
         # O_CREAT|O_EXCL|O_NOFOLLOW: always a new inode, never an existing file or a symlink.
         try:
             fd = os.open(name, _O_NEWFILE, 0o600, dir_fd=parent)
         except FileExistsError:
-            _remove(parent, name, self.root)  # a later entry replaces an earlier one
+            _remove(parent, name, rel, self.root)  # a later entry replaces an earlier one
             fd = os.open(name, _O_NEWFILE, 0o600, dir_fd=parent)
         try:
             _copy_data(stream, fd, entry)
@@ -644,24 +662,26 @@ class _Applier:
         _set_xattrs(fd, entry)
         self.dir_mtimes[rel] = entry.mtime_ns
 
-    def _symlink(self, parent: int, name: str, entry: TarEntry) -> None:
+    def _symlink(self, parent: int, name: str, rel: str, entry: TarEntry) -> None:
         # The target is stored verbatim: absolute and dangling symlinks are legal in images.
         if "\0" in entry.linkname or len(entry.linkname.encode("utf-8", "surrogateescape")) >= PATH_MAX:
             raise _refuse(entry.name, "symlink target has a NUL byte or is longer than PATH_MAX")
         try:
             os.symlink(entry.linkname, name, dir_fd=parent)
         except FileExistsError:
-            _remove(parent, name, self.root)
+            _remove(parent, name, rel, self.root)
             os.symlink(entry.linkname, name, dir_fd=parent)
         os.chown(name, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
         _set_xattrs(_nofollow_path(parent, name), entry)
         os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=parent, follow_symlinks=False)
 
-    def _hardlink(self, parent: int, name: str, target: tuple[str, ...], entry: TarEntry) -> None:
+    def _hardlink(self, parent: int, name: str, rel: str, target: tuple[str, ...],
+                  entry: TarEntry) -> None:
         # The link target is resolved like any entry name: inside the root, no symlinked parents.
-        source_dir = self._parent("/".join(target[:-1]), entry, create=False)
+        target_dir = "/".join(target[:-1])
         missing = _refuse(entry.name, f"hardlink target {entry.linkname!r} is not in this layer "
                                       "or the layers below it")
+        source_dir = self._parent(target_dir, entry, create=False)
         if source_dir is None:
             raise missing
         try:
@@ -677,18 +697,24 @@ class _Applier:
         if existing is not None:
             if (existing.st_dev, existing.st_ino) == (source.st_dev, source.st_ino):
                 return  # already the same inode
-            _remove(parent, name, self.root)
+            _remove(parent, name, rel, self.root)
+            source_dir = self._parent(target_dir, entry, create=False)  # it may have gone too
+            if source_dir is None:
+                raise missing
         # linkat without AT_SYMLINK_FOLLOW: a link to a symlink links the symlink itself.
-        os.link(target[-1], name, src_dir_fd=source_dir, dst_dir_fd=parent, follow_symlinks=False)
+        try:
+            os.link(target[-1], name, src_dir_fd=source_dir, dst_dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            raise missing from None
 
-    def _device(self, parent: int, name: str, entry: TarEntry) -> None:
+    def _device(self, parent: int, name: str, rel: str, entry: TarEntry) -> None:
         kind = {tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK,
                 tarfile.FIFOTYPE: stat.S_IFIFO}[entry.type]
         device = os.makedev(entry.devmajor, entry.devminor) if kind != stat.S_IFIFO else 0
         try:
             os.mknod(name, kind | 0o600, device, dir_fd=parent)
         except FileExistsError:
-            _remove(parent, name, self.root)
+            _remove(parent, name, rel, self.root)
             os.mknod(name, kind | 0o600, device, dir_fd=parent)
         os.chown(name, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
         # chmod has no working no-follow *at() form on Linux: go through an O_PATH fd of the
@@ -727,12 +753,12 @@ class _Applier:
                 self._opaque(rel, entry)
             return
         if overlay:
-            _remove(parent, victim, self.root)
+            _remove(parent, victim, rel, self.root)
             os.mknod(victim, stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent)  # overlayfs whiteout
             os.chown(victim, entry.uid, entry.gid, dir_fd=parent, follow_symlinks=False)
             self.whiteouts.add(rel)
         else:
-            _remove(parent, victim, self.root)
+            _remove(parent, victim, rel, self.root)
 
     def _opaque(self, dir_rel: str, entry: TarEntry) -> None:
         fd = self._parent(dir_rel, entry)
@@ -750,7 +776,7 @@ class _Applier:
         for name, is_dir in children:
             rel = f"{dir_rel}/{name}" if dir_rel else name
             if rel not in self.in_layer:
-                _remove(fd, name, self.root)
+                _remove(fd, name, rel, self.root)
             elif is_dir:
                 child = os.open(name, _O_DIR, dir_fd=fd)
                 try:
@@ -759,7 +785,11 @@ class _Applier:
                     os.close(child)
 
     def set_dir_mtimes(self) -> None:
-        for rel, mtime_ns in self.dir_mtimes.items():
+        """Give each directory the mtime its tar entry names or, for a directory the layer
+        only changed inside, the mtime it had before (as umoci does)."""
+        wanted = {**self.root.first_mtimes, **self.dir_mtimes}
+        for rel, mtime_ns in wanted.items():
+            self.root.trim()
             try:
                 fd = self.root.dir_fd(rel, create=False, entry=rel)
             except LayerError:
@@ -798,7 +828,10 @@ def _set_xattrs(where: int | str, entry: TarEntry) -> None:
         if name.startswith("trusted.overlay."):
             continue  # forging these would rewrite how overlayfs reads the layer stack
         try:
-            os.setxattr(where, name, value, follow_symlinks=False)
+            if isinstance(where, int):
+                os.setxattr(where, name, value)  # fsetxattr: the fd is the inode itself
+            else:
+                os.setxattr(where, name, value, follow_symlinks=False)
         except OSError as exc:
             # A filesystem without that xattr namespace (say security.selinux): skip it,
             # as umoci and Docker do.

@@ -13,13 +13,14 @@ skopeo (``oci:<root>/image:<ref>``) and umoci read the same layout.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which costs the CLI ~10 ms
+
+if TYPE_CHECKING:
+    from typing import Any, BinaryIO, Iterable
 
 from ..atomic import file_lock, write_atomic, write_json_atomic
 from ..errors import ImageNotFound, LayerError, MinicontainerError
@@ -39,10 +40,13 @@ _ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "ppc64le": "ppc
 
 def host_platform() -> str:
     """This machine's platform in OCI terms, e.g. 'linux/amd64'."""
-    return "linux/" + _ARCH.get(platform.machine(), platform.machine())
+    machine = os.uname().machine
+    return "linux/" + _ARCH.get(machine, machine)
 
 
 def sha256_digest(data: bytes) -> str:
+    import hashlib  # here, not at the top: `minicontainer run` never hashes, and hashlib loads OpenSSL
+
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
@@ -131,6 +135,8 @@ class ImageStore:
         path = self.blob_path(expected)
         if path.exists():
             return expected
+        import hashlib
+
         tmp = self.tmp / f"ingest-{_hex(expected)[:16]}-{os.getpid()}-{os.urandom(4).hex()}"
         h, n = hashlib.sha256(), 0
         try:
