@@ -41,7 +41,45 @@ def _parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_images)
     v = sub.add_parser("version", help="show version information")
     v.set_defaults(func=cmd_version)
+
+    reg = sub.add_parser("registry", help="run a private registry (OCI distribution server)")
+    regsub = reg.add_subparsers(dest="registry_verb", metavar="COMMAND", required=True)
+    rs = regsub.add_parser("serve", help="serve a registry in the foreground (Ctrl-C stops)")
+    rs.add_argument("--addr", default="127.0.0.1:5000", help="listen address (loopback only by default)")
+    rs.add_argument("--root", default=None, help="storage directory (default: <engine root>/registry)")
+    auth = rs.add_mutually_exclusive_group()
+    auth.add_argument("--htpasswd", default=None, help="require Basic auth from this htpasswd file")
+    auth.add_argument("--token-realm", action="store_true",
+                      help="Docker Hub-style Bearer tokens from this server's /token (users from --users-file)")
+    rs.add_argument("--users-file", default=None, help="htpasswd file the token server checks (with --token-realm)")
+    rs.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --addr")
+    rs.add_argument("-q", "--quiet", action="store_true", help="don't print one line per request")
+    rs.set_defaults(func=cmd_registry_serve)
+    rh = regsub.add_parser("htpasswd", help="add or replace a user in an htpasswd file")
+    rh.add_argument("file")
+    rh.add_argument("user")
+    rh.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    rh.set_defaults(func=cmd_registry_htpasswd)
     return p
+
+
+def cmd_registry_serve(a: argparse.Namespace) -> int:
+    from .engine.paths import engine_root
+    from .registry.server import serve
+
+    return serve(a.root or engine_root() / "registry", a.addr, htpasswd=a.htpasswd or a.users_file,
+                 token_realm=a.token_realm, allow_remote=a.allow_remote, quiet=a.quiet)
+
+
+def cmd_registry_htpasswd(a: argparse.Namespace) -> int:
+    import getpass
+
+    from .registry.auth import add_htpasswd_user
+
+    password = sys.stdin.readline().rstrip("\n") if a.password_stdin else getpass.getpass(f"password for {a.user}: ")
+    add_htpasswd_user(a.file, a.user, password)
+    print(f"{a.user} added to {a.file}")
+    return 0
 
 
 def cmd_run(a: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ import io
 import os
 import stat
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -296,7 +295,7 @@ def test_a_hardlink_to_a_directory_is_refused(blobs, tmp_path):
 
 def test_unsupported_entry_types_are_refused(blobs, tmp_path):
     with pytest.raises(LayerError, match="unsupported tar entry type"):
-        apply_layer(write_tar(blobs / "l.tar", [member("vol", tarfile.GNUTYPE_SPARSE.replace(b"S", b"V"))]),
+        apply_layer(write_tar(blobs / "l.tar", [member("vol", b"V")]),
                     tmp_path / "root")
 
 

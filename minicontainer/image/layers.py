@@ -32,7 +32,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator, Literal
+from typing import BinaryIO, Callable, Iterator, Literal
 
 import zstandard
 
@@ -70,7 +70,7 @@ _BLOCK = 512               # a tar archive is a sequence of 512-byte blocks
 _ZERO_BLOCK = bytes(_BLOCK)
 _MAX_CACHED_DIRS = 256     # open directory fds kept while unpacking
 
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 _O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Mode = Literal["overlay", "flatten"]
@@ -475,7 +475,7 @@ class _Root:
             os.close(self.cache.pop(key))
 
     def dir_fd(self, rel: str, *, create: bool, entry: str,
-               on_nondir=None) -> int | None:
+               on_nondir: Callable[[int, str, str], bool] | None = None) -> int | None:
         """The fd of directory ``rel`` (components joined by /), or None if it is missing."""
         if not rel:
             return self.fd
@@ -497,7 +497,7 @@ class _Root:
         return fd
 
     def _open_child(self, parent: int, name: str, rel: str, *, create: bool, entry: str,
-                    on_nondir) -> int | None:
+                    on_nondir: Callable[[int, str, str], bool] | None) -> int | None:
         try:
             fd = os.open(name, _O_DIR, dir_fd=parent)
             # Remember when an existing directory was last changed: adding or removing its
@@ -510,6 +510,8 @@ class _Root:
             os.mkdir(name, 0o755, dir_fd=parent)  # an implied parent, as tar and Docker create
             return os.open(name, _O_DIR, dir_fd=parent)
         except OSError as exc:
+            if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                raise
             if stat.S_ISLNK(os.stat(name, dir_fd=parent, follow_symlinks=False).st_mode):
                 raise _refuse(entry, f"its parent {rel!r} is a symlink, and nothing is "
                                      "written through a symlink") from None
