@@ -22,8 +22,17 @@ done
 if [ ${#missing[@]} -gt 0 ]; then
     echo "provision: installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    # Keep package services (docker-registry listens on every interface, port 5000) from
+    # starting during the install: policy-rc.d answering 101 means "don't start it".
+    made_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+    fi
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    status=0
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || status=$?
+    if [ $made_policy = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+    if [ $status != 0 ]; then echo "provision: apt-get install failed ($status)" >&2; exit $status; fi
 fi
 # Debian's docker-registry package starts a registry on every interface; we only ever
 # run our own instances bound to 127.0.0.1, so keep the packaged service off.

@@ -70,8 +70,8 @@ _BLOCK = 512               # a tar archive is a sequence of 512-byte blocks
 _ZERO_BLOCK = bytes(_BLOCK)
 _MAX_CACHED_DIRS = 256     # open directory fds kept while unpacking
 
-_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-_O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 
 Mode = Literal["overlay", "flatten"]
 Compression = Literal["gzip", "zstd", "none"]

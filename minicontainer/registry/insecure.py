@@ -75,7 +75,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _addresses(name: str) -> list[ipaddress._BaseAddress]:
+def _addresses(name: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
     """The IP addresses ``name`` stands for: itself if it is one, else what the resolver says."""
     try:
         return [ipaddress.ip_address(name)]
