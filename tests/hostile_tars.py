@@ -213,8 +213,8 @@ def case_component_over_name_max(d: Path, outside: Path) -> HostileCase:
 
 
 def case_nul_byte_in_pax_path(d: Path, outside: Path) -> HostileCase:
-    return HostileCase([write_tar(d / "nul.tar", [member("ok", data=b"x", pax={"path": "a\0/../../outside/pwned"})])],
-                       "refused", refusal="NUL")
+    sneaky = member("ok", data=b"x", pax={"path": "a\0/../../outside/pwned"})
+    return HostileCase([write_tar(d / "nul.tar", [sneaky])], "refused", refusal="NUL")
 
 
 def case_char_device_named_with_dotdot(d: Path, outside: Path) -> HostileCase:
@@ -283,8 +283,8 @@ def case_forged_overlay_xattrs_are_dropped(d: Path, outside: Path) -> HostileCas
         assert os.getxattr(target / "f", "user.kept") == b"1"
     forged = {"SCHILY.xattr.trusted.overlay.opaque": "y",
               "SCHILY.xattr.trusted.overlay.redirect": "/../../outside"}
-    return HostileCase([write_tar(d / "forge.tar", [dir_("d", pax=forged),
-                                                    member("f", data=b"x", pax={**forged, "SCHILY.xattr.user.kept": "1"})])],
+    kept = {**forged, "SCHILY.xattr.user.kept": "1"}
+    return HostileCase([write_tar(d / "forge.tar", [dir_("d", pax=forged), member("f", data=b"x", pax=kept)])],
                        "contained", check)
 
 

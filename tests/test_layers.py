@@ -2,6 +2,7 @@
 unpack, a corpus of hostile tarballs, real image archives, and umoci as a peer."""
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import json
@@ -443,8 +444,18 @@ def test_an_unpack_killed_halfway_never_leaves_a_dest_that_looks_complete(blobs,
                               "media_type='application/vnd.oci.image.layer.v1.tar')", str(fifo), str(dest)],
                              cwd=TESTS_DIR.parent)
     try:
-        with open(fifo, "wb") as feed:
-            feed.write(raw[: len(raw) // 2])
+        while True:  # open the write end only once the unpacker has opened the read end
+            assert child.poll() is None, "the unpacker exited before reading its blob"
+            try:
+                fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+                break
+            except OSError as exc:
+                if exc.errno != errno.ENXIO:
+                    raise
+                time.sleep(0.01)
+        os.set_blocking(fd, True)
+        with open(fd, "wb") as feed:
+            feed.write(raw[: len(raw) // 2])  # half the files, then the unpacker waits for more
             feed.flush()
             temp = None
             while temp is None or len(os.listdir(temp)) < 50:  # wait until half the files exist

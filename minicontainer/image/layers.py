@@ -71,7 +71,7 @@ _ZERO_BLOCK = bytes(_BLOCK)
 _MAX_CACHED_DIRS = 256     # open directory fds kept while unpacking
 
 _O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+_O_NEWFILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 Mode = Literal["overlay", "flatten"]
 Compression = Literal["gzip", "zstd", "none"]
@@ -498,6 +498,8 @@ class _Root:
 
     def _open_child(self, parent: int, name: str, rel: str, *, create: bool, entry: str,
                     on_nondir: Callable[[int, str, str], bool] | None) -> int | None:
+        if name in ("", ".", ".."):  # split_entry_name already refused these; never walk up
+            raise _refuse(entry, f"path component {name!r}")
         try:
             fd = os.open(name, _O_DIR, dir_fd=parent)
             # Remember when an existing directory was last changed: adding or removing its
