@@ -241,3 +241,86 @@ class ImageStore:
         if all(d.exists() for d in dirs):
             return [str(d) for d in dirs[::-1]]
         return self.unpack_layers(image)
+
+    # ---- added for the images issue (tag/rmi/load/gc): index updates in one write ------
+    # index.json may also hold *untagged* entries (no ref.name annotation): images that
+    # `load` brought in without a name, or that lost their tag to another image. They
+    # keep the image alive for gc, and docker shows them as <none>:<none>.
+    def index_lock(self):
+        """Hold the index.json lock (an flock) for a block; tag() and untag() take it too,
+        so never call them inside the block (a second flock on another fd would wait forever)."""
+        return file_lock(self.layout / "index.json.lock")
+
+    def index_entries(self) -> list[dict[str, Any]]:
+        """Every descriptor in index.json, tagged or not, in order."""
+        return list(self._read_index()["manifests"] or [])
+
+    def update_index(self, add: list[tuple[str | None, dict[str, Any]]] = (),
+                     remove_refs: Iterable[str] = (), remove_untagged: Iterable[str] = ()) -> None:
+        """Apply several tag changes to index.json in one atomic write.
+
+        ``add`` holds (ref, descriptor) pairs; ref None adds an untagged entry (at most one
+        per digest). ``remove_refs`` drops those tags; ``remove_untagged`` drops the
+        untagged entries of those manifest digests.
+        """
+        with self.index_lock():
+            self._write_index_changes(list(add), set(remove_refs), set(remove_untagged))
+
+    def _write_index_changes(self, add: list[tuple[str | None, dict[str, Any]]],
+                             remove_refs: set[str], remove_untagged: set[str]) -> None:
+        index = self._read_index()
+        new_refs = {ref: d["digest"] for ref, d in add if ref is not None}
+        kept, replaced = [], []
+        for m in index["manifests"] or []:
+            name = m.get("annotations", {}).get(REF_NAME)
+            if name is not None and name in new_refs:
+                if new_refs[name] != m.get("digest"):
+                    replaced.append(m)
+                continue
+            if name is not None and name in remove_refs:
+                continue
+            if name is None and m.get("digest") in remove_untagged:
+                continue
+            kept.append(m)
+        # Like docker, an image whose only tag moved to another image stays, untagged
+        # (<none>), instead of silently disappearing: a container may still use it.
+        still_named = {m.get("digest") for m in kept} | {d["digest"] for _, d in add}
+        for m in replaced:
+            if m.get("digest") not in still_named:
+                add.append((None, {**m, "annotations": {}}))
+                still_named.add(m.get("digest"))
+        untagged = {m.get("digest") for m in kept if REF_NAME not in m.get("annotations", {})}
+        for ref, descriptor in add:
+            entry = {k: descriptor[k] for k in ("mediaType", "digest", "size", "platform") if k in descriptor}
+            annotations = {k: v for k, v in descriptor.get("annotations", {}).items() if k != REF_NAME}
+            if ref is not None:
+                annotations[REF_NAME] = ref
+            elif entry["digest"] in untagged:
+                continue
+            else:
+                untagged.add(entry["digest"])
+            if annotations:
+                entry["annotations"] = annotations
+            kept.append(entry)
+        # an image that has a tag needs no untagged entry as well
+        tagged = {m["digest"] for m in kept if REF_NAME in m.get("annotations", {})}
+        index["manifests"] = [m for m in kept if REF_NAME in m.get("annotations", {}) or m["digest"] not in tagged]
+        write_json_atomic(self.layout / "index.json", index)
+
+    def resolve_descriptor(self, descriptor: dict[str, Any], name: str,
+                           platform_name: str | None = None) -> Image:
+        """Like resolve(), for an index.json entry that may have no tag (an untagged image)."""
+        want = platform_name or host_platform()
+        manifest_digest = descriptor["digest"]
+        manifest = self.read_json(manifest_digest)
+        if manifest.get("mediaType", descriptor.get("mediaType")) in INDEX_TYPES or "manifests" in manifest:
+            for m in manifest.get("manifests", []):
+                p = m.get("platform", {})
+                if f"{p.get('os')}/{p.get('architecture')}" == want and self.has_blob(m["digest"]):
+                    manifest_digest, manifest = m["digest"], self.read_json(m["digest"])
+                    break
+            else:
+                have = ", ".join(f"{m.get('platform', {}).get('os')}/{m.get('platform', {}).get('architecture')}"
+                                 for m in manifest.get("manifests", []))
+                raise MinicontainerError(f"image {name} has no {want} variant (it has: {have}): pick one with --platform")
+        return Image(name, manifest_digest, manifest, self.read_json(manifest["config"]["digest"]))
