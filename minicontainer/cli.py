@@ -37,8 +37,35 @@ def _parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     i = sub.add_parser("images", help="list images")
-    i.add_argument("-q", "--quiet", action="store_true")
+    i.add_argument("-q", "--quiet", action="store_true", help="only show image ids")
+    i.add_argument("-a", "--all", action="store_true", help="also show untagged images")
     i.set_defaults(func=cmd_images)
+    t = sub.add_parser("tag", help="give an image another name: tag SOURCE TARGET")
+    t.add_argument("source")
+    t.add_argument("target")
+    t.set_defaults(func=cmd_tag)
+    rmi = sub.add_parser("rmi", help="remove images (untag; deleted when no tag is left)")
+    rmi.add_argument("-f", "--force", action="store_true", help="even if a container uses it")
+    rmi.add_argument("images", nargs="+")
+    rmi.set_defaults(func=cmd_rmi)
+    ins = sub.add_parser("inspect", help="show an image's details as JSON")
+    ins.add_argument("images", nargs="+")
+    ins.set_defaults(func=cmd_inspect)
+    h = sub.add_parser("history", help="show the layers and the commands that made them")
+    h.add_argument("image")
+    h.set_defaults(func=cmd_history)
+    sv = sub.add_parser("save", help="write images to a tar archive (OCI layout or docker save format)")
+    sv.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
+    sv.add_argument("--format", choices=["oci", "docker"], default="oci")
+    sv.add_argument("images", nargs="+")
+    sv.set_defaults(func=cmd_save)
+    ld = sub.add_parser("load", help="load images from a tar archive (OCI layout or docker save format)")
+    ld.add_argument("-i", "--input", default="-", help="file to read (default: stdin)")
+    ld.set_defaults(func=cmd_load)
+    img = sub.add_parser("image", help="image management")
+    imgsub = img.add_subparsers(dest="image_verb", metavar="COMMAND", required=True)
+    pr = imgsub.add_parser("prune", help="garbage-collect unreferenced blobs and unpacked layers")
+    pr.set_defaults(func=cmd_prune)
     v = sub.add_parser("version", help="show version information")
     v.set_defaults(func=cmd_version)
 
@@ -109,7 +136,7 @@ def _mib(n: int | None) -> str:
 def cmd_images(a: argparse.Namespace) -> int:
     from .engine.images import list_images
 
-    rows = list_images()
+    rows = list_images(all=a.all)
     if a.quiet:
         for row in rows:
             print(row["id"][7:19])
@@ -117,6 +144,76 @@ def cmd_images(a: argparse.Namespace) -> int:
     print(f"{'REPOSITORY':<40} {'TAG':<12} {'IMAGE ID':<14} {'CREATED':<22} SIZE")
     for row in rows:
         print(f"{row['repository']:<40} {row['tag']:<12} {row['id'][7:19]:<14} {row['created']:<22} {row['size']}")
+    return 0
+
+
+def cmd_tag(a: argparse.Namespace) -> int:
+    from .engine.images import tag_image
+
+    tag_image(a.source, a.target)
+    return 0
+
+
+def cmd_rmi(a: argparse.Namespace) -> int:
+    from .engine.images import remove_image
+    from .errors import MinicontainerError
+
+    status = 0
+    for name in a.images:  # like docker: report each failure, carry on, exit 1 at the end
+        try:
+            for line in remove_image(name, force=a.force):
+                print(line)
+        except MinicontainerError as exc:
+            print(f"minicontainer: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_inspect(a: argparse.Namespace) -> int:
+    import json
+
+    from .engine.images import inspect_image
+
+    print(json.dumps([inspect_image(name) for name in a.images], indent=4))
+    return 0
+
+
+def cmd_history(a: argparse.Namespace) -> int:
+    from .engine.images import image_history
+
+    print(f"{'IMAGE':<14} {'CREATED':<22} {'CREATED BY':<50} {'SIZE':>10}  COMMENT")
+    for row in image_history(a.image):
+        ident = row["id"][7:19] if row.get("id", "").startswith("sha256:") else row.get("id") or "<missing>"
+        by = (row.get("created_by") or "")[:50]
+        print(f"{ident:<14} {str(row.get('created', ''))[:19]:<22} {by:<50} {row.get('size', 0):>10}  "
+              f"{row.get('comment', '')}")
+    return 0
+
+
+def cmd_save(a: argparse.Namespace) -> int:
+    from .engine.images import save_images
+    from .errors import InvalidArgument
+
+    if a.output == "-" and sys.stdout.isatty():
+        raise InvalidArgument("refusing to write an image archive to a terminal: use -o FILE or redirect stdout")
+    save_images(a.images, a.output, format=a.format)
+    return 0
+
+
+def cmd_load(a: argparse.Namespace) -> int:
+    from .engine.images import load_images
+
+    for line in load_images(a.input):
+        print(line)
+    return 0
+
+
+def cmd_prune(a: argparse.Namespace) -> int:
+    from .engine.images import collect_garbage
+
+    freed = collect_garbage()
+    print(f"removed {freed['blobs_removed']} blobs and {freed['layers_removed']} unpacked layers; "
+          f"reclaimed {freed['bytes_freed'] / 1e6:.2f} MB")
     return 0
 
 
@@ -148,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(exc, "exit_code", 125)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `minicontainer inspect busybox | head`: the reader left, not an error
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

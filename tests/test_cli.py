@@ -132,3 +132,28 @@ def test_whole_run_works_when_root_is_shared_like_on_a_systemd_host():
     inside, overlays = done.stdout.split()
     assert inside == "inside"
     assert overlays == "0"  # no container mount propagated back into the (shared) parent namespace
+
+
+def test_image_verbs_tag_history_inspect_save_rmi_load_round_trip(tmp_path):
+    assert mc("tag", "busybox", "localhost:5000/student/busybox:v1").returncode == 0
+    rows = [r.split()[:2] for r in mc("images").stdout.splitlines()[1:]]
+    assert ["localhost:5000/student/busybox", "v1"] in rows
+    history = mc("history", "busybox").stdout.splitlines()
+    assert history[0].split()[0] == "IMAGE" and "busybox" in history[1]
+    import json
+    [info] = json.loads(mc("inspect", "busybox").stdout)
+    assert info["Os"] == "linux" and len(info["RootFS"]["Layers"]) == 1
+    archive = tmp_path / "bb.tar"
+    assert mc("save", "-o", str(archive), "--format", "docker", "localhost:5000/student/busybox:v1").returncode == 0
+    assert mc("rmi", "localhost:5000/student/busybox:v1").stdout.startswith("Untagged:")
+    assert mc("load", "-i", str(archive)).stdout.strip() == "Loaded image: localhost:5000/student/busybox:v1"
+
+
+def test_rmi_of_a_missing_image_is_one_line_and_exit_1():
+    done = mc("rmi", "nope")
+    assert done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_registry_serve_refuses_a_non_loopback_address():
+    done = mc("registry", "serve", "--addr", "0.0.0.0:5999")
+    assert done.returncode == 125 and "--allow-remote" in done.stderr
