@@ -45,16 +45,18 @@ class Step:
         return not self.error
 
     def do(self, action: Callable[..., Any], *args: Any,
-           evidence: Callable[[], dict[str, str]] | None = None) -> Any:
+           evidence: Callable[[], dict[str, str]] | None = None, into: "Trace | None" = None) -> Any:
         """Carry out ``action(*args)``, timing it and recording the outcome.
 
-        Under :func:`planning` the action is not run. The step is appended to the active
-        trace either way; an exception from the action is recorded and re-raised.
+        Under :func:`planning` the action is not run. The step is appended to ``into`` if
+        given (a server keeps its own trace), else to the active trace; an exception from
+        the action is recorded and re-raised.
         """
         self.pid = os.getpid()
-        if _planning:
+        emit = into.add if into is not None else _emit
+        if _planning and into is None:
             self.result = PLANNED
-            _emit(self)
+            emit(self)
             return None
         self.started = time.monotonic()
         start = time.perf_counter()
@@ -63,7 +65,7 @@ class Step:
         except BaseException as exc:
             self.duration = time.perf_counter() - start
             self.error = str(exc) or type(exc).__name__
-            _emit(self)
+            emit(self)
             raise
         self.duration = time.perf_counter() - start
         if not self.result:
@@ -73,7 +75,7 @@ class Step:
                 self.evidence.update(evidence())
             except OSError as exc:  # evidence is best-effort; the step itself succeeded
                 self.evidence["unavailable"] = str(exc)
-        _emit(self)
+        emit(self)
         return value
 
     def to_dict(self) -> dict[str, Any]:

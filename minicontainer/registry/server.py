@@ -259,11 +259,13 @@ class _Handler(BaseHTTPRequestHandler):
         return values[0] if values else None
 
     def _traced(self, name: str, why: str, shell: str, action: Callable[[], Any]) -> Any:
-        """Run a state-changing action as a Step when a trace is recording (cheap otherwise)."""
-        if trace.active() is None or trace.is_planning():
-            return action()
+        """Run a state-changing action as a Step in the server's own trace (``server.trace``).
+
+        Not the process-wide active trace: with client and server in one process (a
+        notebook), the client's steps would otherwise show up twice.
+        """
         step = trace.Step(name=name, call=f"{self.command} {self.path}", shell=shell, why=why)
-        return step.do(action)
+        return step.do(action, into=self.server.registry.trace)
 
     def _curl(self, extra: str = "") -> str:
         return f"curl -X {self.command}{extra} '{self.server.registry.url}{self.path}'"
@@ -629,6 +631,7 @@ class RegistryServer:
         self.mode = "token" if token_realm else ("basic" if htpasswd is not None or users else "none")
         self.issuer = auth.TokenIssuer(token_secret)
         self.log: RequestLog = RequestLog()
+        self.trace = trace.Trace()  # every state-changing request, as a Step
         self.on_request = on_request
         self.log_limit = log_limit
         self._log_lock = threading.Lock()
