@@ -11,7 +11,7 @@ from __future__ import annotations
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which costs the CLI ~10 ms
 
 __version__ = "0.1.0"
-__all__ = ["run", "plan", "Sandbox", "images", "Trace", "Step", "namespace_ids", "MinicontainerError"]
+__all__ = ["run", "plan", "Sandbox", "images", "pull", "push", "tag", "Trace", "Step", "namespace_ids", "MinicontainerError"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine.run import plan, run
@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # pragma: no cover
 _LAZY = {
     "run": ("engine.run", "run"), "plan": ("engine.run", "plan"), "RunResult": ("engine.run", "RunResult"),
     "Sandbox": ("engine.sandbox", "Sandbox"), "images": ("engine.images", "list_images"),
+    "pull": ("engine.images", "pull_image"), "push": ("engine.images", "push_image"),
+    "tag": ("engine.images", "tag_image"),
     "Trace": ("trace", "Trace"), "Step": ("trace", "Step"),
     "namespace_ids": ("kernel.namespaces", "namespace_ids"),
     "MinicontainerError": ("errors", "MinicontainerError"),

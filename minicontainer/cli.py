@@ -62,6 +62,24 @@ def _parser() -> argparse.ArgumentParser:
     ld = sub.add_parser("load", help="load images from a tar archive (OCI layout or docker save format)")
     ld.add_argument("-i", "--input", default="-", help="file to read (default: stdin)")
     ld.set_defaults(func=cmd_load)
+    pl = sub.add_parser("pull", help="download an image from a registry")
+    pl.add_argument("--platform", default=None, help="os/arch[/variant], default: this host's")
+    pl.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    pl.add_argument("image")
+    pl.set_defaults(func=cmd_pull)
+    ps = sub.add_parser("push", help="upload an image to the registry its name points at")
+    ps.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    ps.add_argument("image")
+    ps.set_defaults(func=cmd_push)
+    li = sub.add_parser("login", help="check and save credentials for a registry (file readable by root only)")
+    li.add_argument("-u", "--username", required=True)
+    li.add_argument("-p", "--password", default=None, help="prefer --password-stdin: argv is visible in ps")
+    li.add_argument("--password-stdin", action="store_true")
+    li.add_argument("server", nargs="?", default="docker.io")
+    li.set_defaults(func=cmd_login)
+    lo = sub.add_parser("logout", help="forget the saved credentials for a registry")
+    lo.add_argument("server", nargs="?", default="docker.io")
+    lo.set_defaults(func=cmd_logout)
     img = sub.add_parser("image", help="image management")
     imgsub = img.add_subparsers(dest="image_verb", metavar="COMMAND", required=True)
     pr = imgsub.add_parser("prune", help="garbage-collect unreferenced blobs and unpacked layers")
@@ -205,6 +223,56 @@ def cmd_load(a: argparse.Namespace) -> int:
 
     for line in load_images(a.input):
         print(line)
+    return 0
+
+
+def _progress(quiet: bool):
+    from .registry.progress import Progress, auto_progress
+
+    return Progress() if quiet else auto_progress()
+
+
+def cmd_pull(a: argparse.Namespace) -> int:
+    from .engine.images import pull_image
+    from .image.reference import parse_reference
+
+    digest = pull_image(a.image, platform=a.platform, progress=_progress(a.quiet))
+    print(f"Digest: {digest}")
+    print(f"Status: downloaded {parse_reference(a.image).familiar}")
+    return 0
+
+
+def cmd_push(a: argparse.Namespace) -> int:
+    from .engine.images import push_image
+
+    digest = push_image(a.image, progress=_progress(a.quiet))
+    if a.quiet:
+        print(digest)
+    return 0
+
+
+def cmd_login(a: argparse.Namespace) -> int:
+    import getpass
+
+    from .registry.client import login
+
+    password = a.password
+    if a.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif password is None:
+        password = getpass.getpass("Password: ")
+    login(a.server, a.username, password)
+    print("Login Succeeded")
+    return 0
+
+
+def cmd_logout(a: argparse.Namespace) -> int:
+    from .registry.client import logout
+
+    if logout(a.server):
+        print(f"Removing login credentials for {a.server}")
+    else:
+        print(f"Not logged in to {a.server}")
     return 0
 
 

@@ -98,6 +98,7 @@ def no_leftovers(monkeypatch):
     root = tempfile.mkdtemp(prefix="mc-test-")
     monkeypatch.setenv("MINICONTAINER_ROOT", root + "/lib")
     monkeypatch.setenv("MINICONTAINER_RUN", root + "/run")
+    monkeypatch.setenv("MINICONTAINER_CONFIG_DIR", root + "/config")  # daemon.json, auth.json
     cgroups_before = minicontainer_cgroups()
     netns_before, links_before = _netns(), _links()
     children_before = set(_children(os.getpid()))

@@ -157,3 +157,24 @@ def test_rmi_of_a_missing_image_is_one_line_and_exit_1():
 def test_registry_serve_refuses_a_non_loopback_address():
     done = mc("registry", "serve", "--addr", "0.0.0.0:5999")
     assert done.returncode == 125 and "--allow-remote" in done.stderr
+
+
+def test_push_pull_login_logout_against_a_private_registry(engine_root):
+    from minicontainer.registry.server import RegistryServer
+
+    with RegistryServer(engine_root / "registry", "127.0.0.1:0", users={"student": "s3cret"}) as registry:
+        host = registry.url.removeprefix("http://")
+        ref = f"{host}/student/busybox:v1"
+        assert mc("tag", "busybox", ref).returncode == 0
+        denied = mc("push", ref)
+        assert denied.returncode == 125 and "minicontainer login" in denied.stderr
+        assert len(denied.stderr.strip().splitlines()) == 1
+        login = mc("login", "-u", "student", "--password-stdin", host, input="s3cret\n")
+        assert login.stdout.strip() == "Login Succeeded"
+        assert mc("push", "-q", ref).stdout.startswith("sha256:")
+        assert mc("rmi", ref).returncode == 0
+        pulled = mc("pull", "-q", ref)
+        assert pulled.returncode == 0 and pulled.stdout.startswith("Digest: sha256:")
+        assert ref.split("/", 1)[1].split(":")[0] in mc("images").stdout
+        assert mc("logout", host).stdout.startswith("Removing login credentials")
+        assert not (engine_root.parent / "config" / "auth.json").read_text().count(host)

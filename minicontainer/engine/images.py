@@ -287,3 +287,18 @@ def collect_garbage(*, min_age: float = gc.MIN_AGE) -> dict:
     store = open_store()
     in_use = [r.image_id for r in list_records()]
     return gc.collect_garbage(store, in_use, min_age=min_age).to_dict()
+
+
+# ---- registries ----------------------------------------------------------------------------
+def pull_image(ref: str, *, platform: str | None = None, progress=None) -> str:
+    """`minicontainer pull`: fetch ``ref`` from its registry into the engine's store."""
+    from ..registry.client import pull
+
+    return pull(ref, open_store(), platform=platform, progress=progress)
+
+
+def push_image(ref: str, *, progress=None) -> str:
+    """`minicontainer push`: send the stored image ``ref`` to the registry its name points at."""
+    from ..registry.client import push
+
+    return push(ref, open_store(), progress=progress)

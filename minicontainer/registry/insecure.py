@@ -92,7 +92,6 @@ def is_listed_insecure(host: str, entries: list[str] | None = None) -> bool:
     """True if ``host`` matches an insecure-registries entry: the same host[:port], or an IP in a CIDR."""
     entries = insecure_registries() if entries is None else entries
     name, _ = split_host_port(host)
-    names = {host.lower(), name.lower()}
     networks = []
     for entry in entries:
         entry = entry.strip().lower()
@@ -105,7 +104,7 @@ def is_listed_insecure(host: str, entries: list[str] | None = None) -> bool:
             except ValueError:
                 raise RegistryError(f"{config_path()}: insecure-registries entry {entry!r} is neither "
                                     "host[:port] nor a CIDR like 10.0.0.0/8: fix it") from None
-        elif entry in names:
+        elif entry == host.lower():  # like docker: the exact host[:port] a reference names
             return True
     if networks:
         # like docker: a name counts as insecure if any address it resolves to is in a listed range
