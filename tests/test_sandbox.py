@@ -59,6 +59,19 @@ def test_a_failed_step_raises_and_is_recorded_in_the_trace():
         assert sb.trace[-1].name == "pivot_root" and not sb.trace[-1].ok
 
 
+def test_exec_reports_stderr_and_an_oom_kill_as_137():
+    with Sandbox("busybox") as sb:
+        sb.unshare("pid", "mnt", "uts", "ipc", "net")
+        sb.join_cgroup(memory="16m")
+        sb.mount_overlay()
+        sb.mount_proc()
+        sb.mount_dev()
+        sb.pivot_root()
+        done = sb.exec(["sh", "-c", "echo oops >&2; head -c 100m /dev/zero | tail; exec tail /dev/zero"])
+        assert "oops" in done.stderr
+        assert done.returncode == 137  # SIGKILL from the OOM killer, as docker reports it
+
+
 def test_steps_after_exec_are_refused():
     with Sandbox("busybox") as sb:
         sb.exec(["true"])

@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from dataclasses import asdict
 
 from ..errors import MinicontainerError, require_root
@@ -53,8 +54,11 @@ class Sandbox:
         self.cgroup: Cgroup | None = None
         self.exit_code: int | None = None
         env = {**os.environ, "MINICONTAINER_SANDBOX_SPEC": json.dumps(asdict(self.spec))}
+        # stderr goes to a file, read after exec: a pipe could fill up and block the command
+        self._stderr = tempfile.TemporaryFile()
         self._proc = subprocess.Popen([sys.executable, "-m", "minicontainer.runtime.sandbox_helper"],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                      env=env, close_fds=True)
         self.pid = self._proc.pid
 
     # ---- talking to the helper --------------------------------------------------------
@@ -151,7 +155,9 @@ class Sandbox:
             elif not record.get("ok", True):
                 raise SandboxError(record["error"])
         self.exit_code = self._proc.wait()
-        return subprocess.CompletedProcess(args, self.exit_code, b"".join(output).decode(errors="replace"), "")
+        self._stderr.seek(0)
+        stderr = self._stderr.read().decode(errors="replace")
+        return subprocess.CompletedProcess(args, self.exit_code, b"".join(output).decode(errors="replace"), stderr)
 
     # ---- looking from the host ---------------------------------------------------------
     def namespace_ids(self) -> dict[str, int]:
@@ -171,6 +177,7 @@ class Sandbox:
             except (OSError, ValueError):
                 pass
         self._proc.wait()
+        self._stderr.close()
         if self.cgroup is not None:
             self.cgroup.kill_all()
             self.cgroup.remove()

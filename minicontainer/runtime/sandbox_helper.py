@@ -34,7 +34,8 @@ def _unshare(kinds: list[str]) -> dict:
         record_init_fork()
         return {"pid": int(os.readlink("/proc/self"))}
     _, status = os.waitpid(child, 0)
-    os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    # pass the child's fate on: its exit code, or 128+N if a signal (say the OOM killer's) ended it
+    os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
 def _run(args: list[str], env: list[str], cwd: str) -> dict:
