@@ -70,6 +70,7 @@ class NotebookRun:
         self.saved = {k: os.environ.get(k) for k in TOOL_DIRS + ENGINE_DIRS}
         os.environ["MINICONTAINER_ROOT"] = os.path.join(self.root, "lib")
         os.environ["MINICONTAINER_RUN"] = os.path.join(self.root, "run")
+        os.environ["MINICONTAINER_CONFIG_DIR"] = os.path.join(self.root, "config")  # never /etc/minicontainer
         for key in TOOL_DIRS:
             os.environ[key] = os.path.join(tool_root, key.lower())
 
