@@ -5,18 +5,23 @@ VENV := .venv
 STAMP := $(VENV)/.provisioned
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench clean-notebooks
+.PHONY: setup demo test bench compile
 
 setup: $(STAMP)
+
+# Byte-compile the package: when PYTHONDONTWRITEBYTECODE is set (as on our CI machines),
+# Python would otherwise recompile every module on every `minicontainer` call.
+compile: $(STAMP)
+	@$(PY) -m compileall -q minicontainer
 
 $(STAMP): pyproject.toml scripts/provision.sh
 	scripts/provision.sh
 
-demo: $(STAMP)
+demo: compile
 	$(VENV)/bin/minicontainer run --rm --trace --hostname demo busybox sh -c 'echo "hello from PID $$$$ in $$(hostname)"; ls /'
 
-test: $(STAMP)
+test: compile
 	$(PY) -m pytest -q --nbval-lax tests notebooks
 
-bench: $(STAMP)
+bench: compile
 	$(PY) bench/run_latency.py

@@ -12,10 +12,17 @@ import sys
 __version__ = "0.1.0"
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(verb: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; for `run`, only its own sub-parser is built (each costs start-up time)."""
     p = argparse.ArgumentParser(prog="minicontainer", description="A teaching container engine.")
     sub = p.add_subparsers(dest="verb", metavar="COMMAND")
+    _add_run(sub)
+    if verb != "run":
+        _add_other_verbs(sub)
+    return p
 
+
+def _add_run(sub) -> None:
     # add_help=False: like docker, -h means --hostname here
     r = sub.add_parser("run", help="run a command in a new container (in the foreground)", add_help=False)
     r.add_argument("--help", action="help", help="show this help and exit")
@@ -36,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("cmd", nargs=argparse.REMAINDER)
     r.set_defaults(func=cmd_run)
 
+
+def _add_other_verbs(sub) -> None:
     i = sub.add_parser("images", help="list images")
     i.add_argument("-q", "--quiet", action="store_true", help="only show image ids")
     i.add_argument("-a", "--all", action="store_true", help="also show untagged images")
@@ -105,7 +114,6 @@ def _parser() -> argparse.ArgumentParser:
     rh.add_argument("user")
     rh.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     rh.set_defaults(func=cmd_registry_htpasswd)
-    return p
 
 
 def cmd_registry_serve(a: argparse.Namespace) -> int:
@@ -301,7 +309,9 @@ def cmd_version(a: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from .errors import MinicontainerError
 
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    verb = next((a for a in argv if not a.startswith("-")), None)
+    args = _parser(verb).parse_args(argv)
     if not getattr(args, "func", None):
         _parser().print_help()
         return 2

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from .. import trace
 from ..errors import MinicontainerError, require_root
 from ..image.reference import parse_reference
-from ..image.store import Image, ImageStore, host_platform
+from ..image.store import BUILTIN_REF, Image, ImageStore, host_platform
 from ..kernel.cgroups import Cgroup, CgroupStats, Limits, open_cgroup, parse_cpus, parse_memory
 from ..kernel.mounts import Volume
 from ..runtime.process import ContainerProcess, start_container
@@ -99,10 +99,10 @@ class RunResult:
 
 def get_image(store: ImageStore, ref: str) -> Image:
     """Resolve ``ref`` in the store, building the built-in busybox image on first use."""
-    from ..image.builtin import BUILTIN_REF, build_builtin_image
-
     name = str(parse_reference(ref))
     if name == BUILTIN_REF and not any(r == name for r, _ in store.list_refs()):
+        from ..image.builtin import build_builtin_image  # tarfile and gzip: only on first use
+
         build_builtin_image(store)
     image = store.resolve(name)
     if image.platform != host_platform():
@@ -155,7 +155,7 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
 
 
 def finish(record: ContainerRecord, cgroup: Cgroup, proc: ContainerProcess | None,
-           remove: bool) -> tuple[ContainerState, CgroupStats | None]:
+           remove: bool, *, wait_for_teardown: bool = False) -> tuple[ContainerState, CgroupStats | None]:
     """Record how the container ended, then remove its cgroup (and the container, with --rm).
 
     Returns the final state and the cgroup's last statistics (memory peak, CPU time, OOM kills).
@@ -179,7 +179,7 @@ def finish(record: ContainerRecord, cgroup: Cgroup, proc: ContainerProcess | Non
                 record.write_state(state)
     finally:
         if proc is not None:
-            proc.reap()
+            proc.reap(block=wait_for_teardown)
     return state, stats
 
 

@@ -16,10 +16,9 @@ import tarfile
 
 from ..errors import MinicontainerError
 from ..trace import Step
-from .store import (OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, ImageStore, host_platform,
+from .store import (BUILTIN_REF, OCI_CONFIG, OCI_LAYER_GZIP, OCI_MANIFEST, ImageStore, host_platform,
                     sha256_digest)
 
-BUILTIN_REF = "docker.io/library/busybox:latest"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 FILES = {
     "etc/passwd": "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",

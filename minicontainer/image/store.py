@@ -26,6 +26,7 @@ from ..atomic import file_lock, write_atomic, write_json_atomic
 from ..errors import ImageNotFound, LayerError, MinicontainerError
 
 REF_NAME = "org.opencontainers.image.ref.name"
+BUILTIN_REF = "docker.io/library/busybox:latest"  # built by image/builtin.py on first use
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

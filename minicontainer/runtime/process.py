@@ -23,6 +23,7 @@ import gc
 import json
 import os
 import signal
+import threading
 import warnings
 from dataclasses import dataclass, field
 
@@ -73,12 +74,28 @@ class ContainerProcess:
         return os.waitstatus_to_exitcode(self.exit_status) if os.WIFEXITED(self.exit_status) \
             else 128 + os.WTERMSIG(self.exit_status)
 
-    def reap(self) -> None:
-        """Collect the setup child (after :meth:`wait`), so no zombie is left."""
-        if self.status_fd >= 0:
-            os.close(self.status_fd)
-            self.status_fd = -1
+    def reap(self, *, block: bool = True) -> None:
+        """Collect the setup child (after :meth:`wait`), so no zombie is left.
+
+        Its exit is where the kernel tears the container's namespaces down (unmounting the
+        overlay, freeing the network namespace), which can take tens of milliseconds of RCU
+        grace periods. With ``block=False`` a daemon thread waits for it instead, so the
+        caller has the exit code and a clean cgroup without waiting for that teardown.
+        """
+        if self.status_fd < 0:
+            return
+        os.close(self.status_fd)
+        self.status_fd = -1
+        if block:
             _waitpid(self.setup_pid)
+            return
+        try:
+            if os.waitpid(self.setup_pid, os.WNOHANG)[0]:
+                return
+        except ChildProcessError:
+            return
+        threading.Thread(target=_waitpid, args=(self.setup_pid,), daemon=True,
+                         name=f"reap-{self.setup_pid}").start()
 
     @property
     def killed_by_signal(self) -> int | None:
