@@ -111,7 +111,8 @@ def get_image(store: ImageStore, ref: str) -> Image:
     return image
 
 
-def _spec_for(record: ContainerRecord, image: Image, lowers: list[str], opts: RunOptions) -> ContainerSpec:
+def spec_for(record: ContainerRecord, image: Image, lowers: list[str], opts: RunOptions) -> ContainerSpec:
+    """The runtime spec: the image config's Entrypoint/Cmd/Env/WorkingDir, overridden by the user's."""
     cfg = image.config.get("config", {})
     args = opts.args or (cfg.get("Entrypoint") or []) + (cfg.get("Cmd") or [])
     if opts.args and cfg.get("Entrypoint"):
@@ -143,7 +144,7 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
                            readonly=opts.readonly, memory=opts.memory, cpus=opts.cpus, pids_limit=opts.pids_limit)
     cgroup = open_cgroup(record.id[:12])
     try:
-        spec = _spec_for(record, image, lowers, opts)
+        spec = spec_for(record, image, lowers, opts)
         cgroup.create()
         cgroup.set_limits(opts.limits)
         spec.cgroup_procs = cgroup.procs_files()
@@ -291,7 +292,7 @@ def plan(image: str = "busybox", cmd: list[str] | str | None = None, **options) 
     lowers = [str(store.layer_dir(d)) for d in image_obj.diff_ids][::-1]
     fake = ContainerRecord(id="<id>", name=opts.name or "<name>", image=opts.image, image_id=image_obj.id,
                            args=opts.args, env=opts.env)
-    spec = _spec_for(fake, image_obj, lowers, opts)
+    spec = spec_for(fake, image_obj, lowers, opts)
     spec.rootfs, spec.upper, spec.work = (f"{engine_root()}/containers/<id>/{d}" for d in ("rootfs", "upper", "work"))
     with trace.planning() as tr:
         cgroup = open_cgroup("ID")  # planning: nothing is created

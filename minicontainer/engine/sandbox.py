@@ -31,7 +31,7 @@ from ..kernel.namespaces import namespace_ids
 from ..trace import Step, Trace
 from .containers import create_record, remove_record
 from .paths import engine_root
-from .run import RunOptions, _spec_for, get_image
+from .run import RunOptions, spec_for, get_image
 
 
 class SandboxError(MinicontainerError):
@@ -49,7 +49,7 @@ class Sandbox:
         lowers = store.lower_dirs(img)
         self.record = create_record(name="", image=opts.image, image_id=img.id, args=[], env=opts.env,
                                     hostname=hostname)
-        self.spec = _spec_for(self.record, img, lowers, opts)
+        self.spec = spec_for(self.record, img, lowers, opts)
         self.trace = Trace()
         self.cgroup: Cgroup | None = None
         self.exit_code: int | None = None
