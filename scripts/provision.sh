@@ -55,9 +55,13 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/provision.s
 fi
 
 if [ "${1:-}" = "--jupyter" ]; then
-    token_file=/etc/minicontainer/jupyter-token
+    # JupyterLab as a service in the student VM, token auth. The token lives in a root-only
+    # environment file, so it is neither on the command line (ps) nor in the unit file.
+    env_file=/etc/minicontainer/jupyter.env
     mkdir -p /etc/minicontainer
-    [ -s "$token_file" ] || { .venv/bin/python -c 'import secrets; print(secrets.token_hex(24))' > "$token_file"; chmod 600 "$token_file"; }
+    if [ ! -s "$env_file" ]; then
+        (umask 077; echo "JUPYTER_TOKEN=$(.venv/bin/python -c 'import secrets; print(secrets.token_hex(24))')" > "$env_file")
+    fi
     cat > /etc/systemd/system/minicontainer-jupyter.service <<UNIT
 [Unit]
 Description=JupyterLab for the minicontainer course
@@ -65,8 +69,10 @@ After=network.target
 
 [Service]
 WorkingDirectory=$repo
-Environment=JUPYTER_TOKEN_FILE=$token_file
-ExecStart=/bin/sh -c 'exec $repo/.venv/bin/jupyter lab --allow-root --no-browser --ip=0.0.0.0 --port=8888 --ServerApp.token="\$(cat $token_file)" --notebook-dir=$repo'
+EnvironmentFile=$env_file
+# 0.0.0.0 inside the VM so Vagrant's port forward reaches it; the Vagrantfile binds the
+# host side to 127.0.0.1 only.
+ExecStart=$repo/.venv/bin/jupyter lab --allow-root --no-browser --ip=0.0.0.0 --port=8888 --notebook-dir=$repo
 Restart=on-failure
 
 [Install]
@@ -74,5 +80,5 @@ WantedBy=multi-user.target
 UNIT
     systemctl daemon-reload
     systemctl enable --now minicontainer-jupyter.service
-    echo "provision: JupyterLab runs on port 8888; token in $token_file"
+    echo "provision: JupyterLab runs on port 8888; its token is in $env_file"
 fi
