@@ -110,6 +110,9 @@ class Trace:
         for s in steps:
             self.add(s)
 
+    def flush(self) -> None:
+        """Hand recorded steps on to wherever they go (a no-op here; see runtime.process)."""
+
     def names(self) -> list[str]:
         return [s.name for s in self.steps]
 
@@ -229,3 +232,9 @@ def planning() -> Iterator[Trace]:
 
 def is_planning() -> bool:
     return _planning
+
+
+def flush() -> None:
+    """Flush the active trace: a container process calls this just before execve."""
+    if _active is not None:
+        _active.flush()

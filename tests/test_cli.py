@@ -55,6 +55,23 @@ def test_ctrl_c_is_forwarded_to_the_containers_pid_1(tmp_path):
     assert proc.returncode == 42
 
 
+def test_ctrl_c_at_a_terminal_reaches_the_whole_process_group_and_the_exit_code_survives(tmp_path):
+    # a terminal sends SIGINT to every process of the foreground group: the CLI, the engine's
+    # setup child (which waits for PID 1 and must survive to report its status) and PID 1
+    ready = tmp_path / "ready"
+    ready.mkdir()
+    proc = subprocess.Popen(CLI + ["run", "--rm", "-v", f"{ready}:/ready", "busybox", "sh", "-c",
+                                   "trap 'exit 42' INT; touch /ready/now; while :; do sleep 0.05; done"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not (ready / "now").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 42, err
+
+
 def test_trace_goes_to_stderr_after_the_output():
     done = mc("run", "--rm", "--trace", "busybox", "true")
     assert done.returncode == 0

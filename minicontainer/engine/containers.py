@@ -95,8 +95,12 @@ def new_id() -> str:
     return os.urandom(32).hex()
 
 
-def create_record(**fields: Any) -> ContainerRecord:
-    """Reserve the name, make the container's directories and write config + state atomically."""
+def create_record(*, durable: bool = True, **fields: Any) -> ContainerRecord:
+    """Reserve the name, make the container's directories and write its config atomically.
+
+    ``durable=False`` (for --rm containers, which are gone when they exit) skips the fsync:
+    the write is still atomic, but a power cut may lose the record, as it would the container.
+    """
     base = containers_dir()
     base.mkdir(parents=True, exist_ok=True)
     with file_lock(base / ".lock"):
@@ -113,7 +117,7 @@ def create_record(**fields: Any) -> ContainerRecord:
         tmp = base / f".new-{cid}"
         for sub in ("upper", "work", "rootfs"):
             (tmp / sub).mkdir(parents=True)
-        write_json_atomic(tmp / "config.json", asdict(record))
+        write_json_atomic(tmp / "config.json", asdict(record), durable=durable)
         os.rename(tmp, record.dir)
     return record
 

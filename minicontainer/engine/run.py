@@ -19,13 +19,12 @@ from ..image.reference import parse_reference
 from ..image.store import BUILTIN_REF, Image, ImageStore, host_platform
 from ..kernel.cgroups import Cgroup, CgroupStats, Limits, open_cgroup, parse_cpus, parse_memory
 from ..kernel.mounts import Volume
-from ..runtime.process import ContainerProcess, start_container
+from ..runtime.process import FORWARDED_SIGNALS, ContainerProcess, start_container
 from ..runtime.spec import ContainerSpec
 from ..trace import Step, Trace
 from .containers import ContainerRecord, ContainerState, create_record, remove_record
 from .paths import engine_root
 
-FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 @dataclass
@@ -141,7 +140,8 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
     record = create_record(name=opts.name, image=str(parse_reference(opts.image)), image_id=image.id,
                            args=opts.args, env=opts.env, cwd=opts.workdir, hostname=opts.hostname,
                            volumes=[f"{v.source}:{v.target}{':ro' if v.readonly else ''}" for v in opts.volumes],
-                           readonly=opts.readonly, memory=opts.memory, cpus=opts.cpus, pids_limit=opts.pids_limit)
+                           readonly=opts.readonly, memory=opts.memory, cpus=opts.cpus, pids_limit=opts.pids_limit,
+                           durable=not opts.remove)
     cgroup = open_cgroup(record.id[:12])
     try:
         spec = spec_for(record, image, lowers, opts)
@@ -260,20 +260,31 @@ def _start(record: ContainerRecord, spec: ContainerSpec, stdio: tuple[int, int, 
     return proc
 
 
-def run_foreground(opts: RunOptions, *, show_trace: bool = False) -> tuple[ContainerState, Trace, ContainerRecord]:
+def run_foreground(opts: RunOptions) -> tuple[ContainerState, Trace, ContainerRecord]:
     """The CLI's run: the container shares our stdio, and signals we get are forwarded to its PID 1."""
+    started: list[ContainerProcess] = []
+    early: list[int] = []
+
+    def forward(sig: int, _frame) -> None:
+        # installed before the container starts, so no signal is lost in between
+        if started:
+            started[0].signal(sig)
+        else:
+            early.append(sig)
+
     with trace.recording() as tr:
         record, spec, cgroup = prepare(opts)
-        proc = None
-        previous = {}
+        previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
         try:
-            proc = _start(record, spec, (0, 1, 2))
-            for sig in FORWARDED_SIGNALS:
-                previous[sig] = signal.signal(sig, lambda s, _f: proc.signal(s))
-        finally:
-            if proc is None:
-                finish(record, cgroup, None, remove=True)
-        try:
+            proc = None
+            try:
+                proc = _start(record, spec, (0, 1, 2))
+            finally:
+                if proc is None:
+                    finish(record, cgroup, None, remove=True)
+            started.append(proc)
+            for sig in early:
+                proc.signal(sig)
             state, _ = finish(record, cgroup, proc, opts.remove)
         finally:
             for sig, handler in previous.items():

@@ -109,6 +109,7 @@ def exec_command(spec: ContainerSpec, stdio: tuple[int, int, int] | None = None)
                 why="the init process replaces itself with the command: from now on PID 1 *is* the command")
     # execve never returns on success, so the step is recorded just before it
     step.do(lambda: None)
+    trace.flush()
     _execve(path, spec.args, spec.env)
 
 

@@ -35,6 +35,12 @@ from .init import ExecError, container_init
 from .spec import ContainerSpec
 
 
+# Signals an engine forwards to the container's PID 1 (docker's sig-proxy). The setup child
+# ignores them: a Ctrl-C reaches the whole foreground process group, and the waiter must
+# survive to report PID 1's exit status. PID 1 gets default handling back before execve.
+FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+
 class ContainerStartError(MinicontainerError):
     """The container's init sequence failed before exec; carries docker-style exit codes."""
 
@@ -145,15 +151,35 @@ def _fork() -> int:
     return pid
 
 
+class PipeTrace(trace.Trace):
+    """A child's trace: steps are kept, then sent to the engine in one write on flush().
+
+    One write per batch rather than per step spares the engine a wake-up for every step.
+    The child flushes before it forks, before execve, and when it fails.
+    """
+
+    def __init__(self, fd: int):
+        super().__init__()
+        self.fd = fd
+
+    def flush(self) -> None:
+        if self.steps:
+            data = "".join(json.dumps({"step": s.to_dict()}) + "\n" for s in self.steps).encode()
+            self.steps = []
+            while data:
+                data = data[os.write(self.fd, data):]
+
+
 def _child_trace(fd: int) -> None:
-    """In a child: stream every Step to the engine instead of keeping it."""
-    trace._active = trace.Trace(sink=lambda s: _send(fd, {"step": s.to_dict()}))
+    """In a child: record steps for the engine (sent by flush()) instead of keeping them."""
+    trace._active = PipeTrace(fd)
 
 
 def _fail(fd: int, exc: BaseException) -> None:
     code = getattr(exc, "exit_code", 125)
     message = str(exc) if isinstance(exc, (MinicontainerError, OSError)) else f"{type(exc).__name__}: {exc}"
     try:
+        trace.flush()  # the steps taken so far, the failed one last
         _send(fd, {"error": message, "exit_code": code})
     finally:
         os._exit(code if 0 < code < 256 else 125)
@@ -173,14 +199,19 @@ def _setup_child(spec: ContainerSpec, trace_w: int, status_w: int, stdio: tuple[
     """The engine's child: unshare, then fork PID 1 and wait for it. Never returns."""
     try:
         _child_trace(trace_w)
+        for sig in FORWARDED_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
         syscalls.set_parent_death_signal(signal.SIGKILL)
         before = [k for k in spec.namespaces if k != "cgroup"]  # cgroup ns: after joining the cgroup
         if before:
             namespaces.unshare_namespaces(before)
+        trace.flush()  # before the fork, so these steps arrive ahead of the child's
         init_pid = _fork()
         if init_pid == 0:
             try:
                 record_init_fork()
+                for sig in FORWARDED_SIGNALS:  # an ignored signal would stay ignored after execve
+                    signal.signal(sig, signal.SIG_DFL)
                 syscalls.set_parent_death_signal(signal.SIGKILL)
                 container_init(spec, stdio)
             except BaseException as exc:  # noqa: BLE001 - report anything, then _exit
