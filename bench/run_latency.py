@@ -26,13 +26,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def timed(fn, n: int) -> list[float]:
-    fn()  # warm-up: image built, layers unpacked, page cache hot
-    out = []
+def timed_side_by_side(runners: dict[str, callable], n: int) -> dict[str, list[float]]:
+    """Time every runner n times, alternating them round by round so that drift in the
+    machine's load hits all of them alike; one warm-up run each first."""
+    for fn in runners.values():
+        fn()  # warm-up: image built, layers unpacked, page cache hot
+    out: dict[str, list[float]] = {name: [] for name in runners}
     for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
+        for name, fn in runners.items():
+            t = time.perf_counter()
+            fn()
+            out[name].append(time.perf_counter() - t)
     return out
 
 
@@ -78,17 +82,20 @@ def main() -> None:
         lowers = store.lower_dirs(get_image(store, "busybox"))
         cli = [str(REPO / ".venv/bin/minicontainer")] if (REPO / ".venv/bin/minicontainer").exists() \
             else [sys.executable, "-m", "minicontainer"]
-        results["minicontainer run (CLI)"] = timed(
-            lambda: subprocess.run(cli + ["run", "--rm", "busybox", "true"], check=True), n)
-        results["minicontainer.run() in-process"] = timed(
-            lambda: minicontainer.run("busybox", ["true"]), n)
+        runners = {
+            "minicontainer run (CLI)": lambda: subprocess.run(cli + ["run", "--rm", "busybox", "true"], check=True),
+            "minicontainer.run() in-process": lambda: minicontainer.run("busybox", ["true"]),
+        }
         bundle = None
         if shutil.which("runc"):
             bundle = make_bundle(tmp, lowers[0])
             counter = iter(range(10**6))
-            results["runc run"] = timed(lambda: subprocess.run(
-                ["runc", "run", "--bundle", str(bundle), f"bench-runc-{next(counter)}"], check=True), n)
+            runners["runc run"] = lambda: subprocess.run(
+                ["runc", "run", "--bundle", str(bundle), f"bench-runc-{next(counter)}"], check=True)
+        results = timed_side_by_side(runners, n)
         if shutil.which("crun") and bundle is not None:
+            # crun needs its own mount namespace (see the docstring), so it is timed in a
+            # separate pass right after the others
             out = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", CRUN_INNER,
                                   str(bundle), str(n)], check=True, capture_output=True, text=True).stdout
             results["crun run (in a private mount ns)"] = json.loads(out)

@@ -294,7 +294,7 @@ def run_foreground(opts: RunOptions) -> tuple[ContainerState, Trace, ContainerRe
 
 def plan(image: str = "busybox", cmd: list[str] | str | None = None, **options) -> Trace:
     """List the steps a run would take, without taking them (``--explain``)."""
-    from ..runtime.init import container_init
+    from ..runtime.init import container_init, join_cgroup
     from ..kernel.namespaces import unshare_namespaces
 
     opts = RunOptions.parse(image, cmd, **options)
@@ -314,5 +314,6 @@ def plan(image: str = "busybox", cmd: list[str] | str | None = None, **options) 
         unshare_namespaces([k for k in spec.namespaces if k != "cgroup"])
         Step("fork", call="fork()", shell="unshare --fork …",
              why="after unshare(CLONE_NEWPID) only a new child enters the pid namespace, as its PID 1").do(lambda: None)
-        container_init(spec)
+        join_cgroup(spec.cgroup_procs, pid=1)  # the setup child moves PID 1 while it mounts
+        container_init(spec, wait_for_cgroup=lambda: None)
     return tr

@@ -15,6 +15,10 @@ from .. import trace
 from ..trace import Step
 from .spec import ContainerSpec
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
+if TYPE_CHECKING:
+    from typing import Callable
+
 
 class ExecError(MinicontainerError):
     """The command could not be started; exit codes follow docker (127 not found, 126 not runnable)."""
@@ -24,26 +28,34 @@ class ExecError(MinicontainerError):
         self.exit_code = exit_code
 
 
-def _write_procs(files: list[str]) -> None:
-    for path in files:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+def _write_procs(files: list[str], pid: int, fds: list[int] | None) -> None:
+    for i, path in enumerate(files):
+        fd = fds[i] if fds else os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         try:
-            os.write(fd, b"0")  # "0" means "the writing process", whatever pid namespace it is in
+            os.write(fd, str(pid).encode())  # "0" means "the writing process"
         finally:
             os.close(fd)
 
 
-def join_cgroup(procs_files: list[str]) -> Step:
-    """Write this process into the container's cgroup (every hierarchy): limits now apply to it and its children."""
+def join_cgroup(procs_files: list[str], pid: int = 0, fds: list[int] | None = None) -> Step:
+    """Move process ``pid`` (0: the caller) into the container's cgroup in every hierarchy.
+
+    Limits apply from then on, to it and to every child it forks. Moving a process takes a
+    kernel-wide lock whose first use after a quiet spell waits for an RCU grace period
+    (milliseconds), which is why the engine moves PID 1 while PID 1 is busy mounting.
+    ``fds`` are the cgroup.procs files opened beforehand (they are closed here): a process
+    sharing the container's mount namespace loses the host's paths once PID 1 has pivoted.
+    """
     shown = procs_files[0] if len(procs_files) == 1 else f"{procs_files[0]} (+{len(procs_files) - 1} more)"
-    step = Step("cgroup_join", call=f'write "0" > {shown}', shell=f"echo $$ > {shown}",
+    step = Step("cgroup_join", call=f'write "{pid}" > {shown}', shell=f"echo {pid or '$$'} > {shown}",
                 why="a process joins a cgroup (控制组) by writing its pid to cgroup.procs; its children inherit it")
-    step.do(_write_procs, procs_files, evidence=lambda: {"/proc/self/cgroup": _own_cgroups()})
+    step.do(_write_procs, procs_files, pid, fds,
+            evidence=lambda: {f"/proc/{pid or 'self'}/cgroup": _cgroups_of(pid)})
     return step
 
 
-def _own_cgroups() -> str:
-    with open("/proc/self/cgroup") as f:
+def _cgroups_of(pid: int) -> str:
+    with open(f"/proc/{pid or 'self'}/cgroup") as f:
         return "; ".join(line.strip() for line in f if "minicontainer" in line)
 
 
@@ -113,15 +125,23 @@ def exec_command(spec: ContainerSpec, stdio: tuple[int, int, int] | None = None)
     _execve(path, spec.args, spec.env)
 
 
-def container_init(spec: ContainerSpec, stdio: tuple[int, int, int] | None = None) -> None:
-    """Everything PID 1 does in order, ending in execve (which does not return)."""
-    if spec.cgroup_procs:
+def container_init(spec: ContainerSpec, stdio: tuple[int, int, int] | None = None,
+                   wait_for_cgroup: Callable[[], None] | None = None) -> None:
+    """Everything PID 1 does in order, ending in execve (which does not return).
+
+    With ``wait_for_cgroup``, another process (the engine's setup child) moves us into the
+    cgroup while we mount; we wait for it to finish just before exec, so the command starts
+    inside its limits. Without it, we join the cgroup ourselves first.
+    """
+    if spec.cgroup_procs and wait_for_cgroup is None:
         join_cgroup(spec.cgroup_procs)
-    if "cgroup" in spec.namespaces:
-        namespaces.unshare_namespaces(["cgroup"])
     setup_rootfs(spec)
     if "uts" in spec.namespaces and spec.hostname:
         namespaces.set_hostname(spec.hostname)
     if "net" in spec.namespaces:
         namespaces.bring_up_loopback()
+    if wait_for_cgroup is not None:
+        wait_for_cgroup()
+    if "cgroup" in spec.namespaces:  # after joining: the cgroup we are in becomes this namespace's "/"
+        namespaces.unshare_namespaces(["cgroup"])
     exec_command(spec, stdio)

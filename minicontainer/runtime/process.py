@@ -24,6 +24,7 @@ import json
 import os
 import signal
 import threading
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -31,7 +32,7 @@ from .. import trace
 from ..errors import MinicontainerError
 from ..kernel import namespaces, syscalls
 from ..trace import Step
-from .init import ExecError, container_init
+from .init import ExecError, container_init, join_cgroup
 from .spec import ContainerSpec
 
 
@@ -185,12 +186,19 @@ def _fail(fd: int, exc: BaseException) -> None:
         os._exit(code if 0 < code < 256 else 125)
 
 
-def record_init_fork() -> Step:
-    """Record, from inside the new child, that it was born as PID 1 of the new pid namespace."""
+def record_init_fork(forked_at: float = 0.0) -> Step:
+    """Record, from inside the new child, that it was born as PID 1 of the new pid namespace.
+
+    ``forked_at`` (time.monotonic() just before fork) dates the step from the fork itself,
+    so the trace's timeline shows it before what the parent does next.
+    """
     step = Step("fork", call="fork()", shell="unshare --fork …",
                 why="after unshare(CLONE_NEWPID) only a new child enters the pid namespace, as its PID 1")
     # /proc is still the host's procfs here, so /proc/self names our pid as the host sees it
     step.do(lambda: f"PID {os.getpid()} inside, host pid {os.readlink('/proc/self')}")
+    if forked_at:
+        step.duration += step.started - forked_at
+        step.started = forked_at
     return step
 
 
@@ -206,26 +214,47 @@ def _setup_child(spec: ContainerSpec, trace_w: int, status_w: int, stdio: tuple[
         if before:
             namespaces.unshare_namespaces(before)
         trace.flush()  # before the fork, so these steps arrive ahead of the child's
+        # PID 1 mounts its rootfs while we move it into the cgroup; it waits on this pipe
+        # before exec, so the command never runs outside its limits (runc syncs the same way)
+        joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
+        # opened now: once PID 1 has pivoted, our shared mount namespace no longer has these paths
+        procs_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in spec.cgroup_procs]
+        forked_at = time.monotonic()
         init_pid = _fork()
         if init_pid == 0:
             try:
-                record_init_fork()
+                for fd in (joined_w, *procs_fds):
+                    os.close(fd)
+                record_init_fork(forked_at)
                 for sig in FORWARDED_SIGNALS:  # an ignored signal would stay ignored after execve
                     signal.signal(sig, signal.SIG_DFL)
                 syscalls.set_parent_death_signal(signal.SIGKILL)
-                container_init(spec, stdio)
+                container_init(spec, stdio, wait_for_cgroup=lambda: _wait_until_joined(joined_r))
             except BaseException as exc:  # noqa: BLE001 - report anything, then _exit
                 _fail(trace_w, exc)
             os._exit(127)  # not reached: container_init ends in execve
-        os.close(trace_w)  # from now on only the container's init holds the step pipe open
+        os.close(joined_r)
         for fd in close_after_fork:
             os.close(fd)
         _send(status_w, {"init_pid": init_pid})
+        if spec.cgroup_procs:
+            join_cgroup(spec.cgroup_procs, init_pid, fds=procs_fds)
+        trace.flush()
+        os.close(trace_w)  # from now on only the container's init holds the step pipe open
+        os.write(joined_w, b"1")
+        os.close(joined_w)
         status = _waitpid(init_pid)
         os.write(status_w, f"status {status}\n".encode())
         os._exit(0)
     except BaseException as exc:  # noqa: BLE001
         _fail(trace_w, exc)
+
+
+def _wait_until_joined(fd: int) -> None:
+    """In PID 1: block until the setup child has moved us into the cgroup."""
+    if os.read(fd, 1) != b"1":
+        os._exit(125)  # the setup child failed; it reports why
+    os.close(fd)
 
 
 def start_container(spec: ContainerSpec, stdio: tuple[int, int, int] = (0, 1, 2),
@@ -282,4 +311,6 @@ def _collect_steps(fd: int) -> tuple[list[Step], dict | None]:
             steps.append(Step.from_dict(record["step"]))
         elif "error" in record:
             error = record
+    # two processes took these steps, partly at the same time: order them by when they started
+    steps.sort(key=lambda s: s.started)
     return steps, error
