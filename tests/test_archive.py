@@ -477,3 +477,37 @@ def test_we_load_what_skopeo_writes_as_an_oci_archive(engine_root):
     assert images.load_images(str(out)) == ["Loaded image: student/overwritten:v2"]
     assert images.inspect_image("student/overwritten:v2")["Id"] == \
         images.inspect_image("bazel/pkg/v1/mutate:overwritten_file")["Id"]
+
+
+@pytest.mark.peer
+@pytest.mark.parametrize("ref", ["busybox:latest", "localhost:5000/whiteout:latest"])
+def test_umoci_unpacks_what_we_export_to_the_same_bytes_as_our_own_unpack(engine_root, tmp_path, ref):
+    """umoci, which nobody here wrote, and our apply_layer must build the identical rootfs
+    from an image our store exported: every path, type, mode, owner, link and content byte."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from hostile_tars import snapshot
+
+    _need("umoci")
+    images.open_store()
+    images.load_images(str(FIXTURES / "whiteout_dir.tar"))  # 4 layers with a whited-out directory
+    out = tmp_path / "export.tar"
+    images.save_images([ref], str(out), format="oci")
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    subprocess.run(["tar", "-xf", str(out), "-C", str(layout)], check=True)
+    full = str(parse_reference(ref))
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:{full}", str(tmp_path / "bundle")],
+                   capture_output=True, check=True)
+
+    store = ImageStore(engine_root)
+    image = store.resolve(full)
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    for desc, diff_id in zip(image.layers, image.diff_ids):
+        apply_layer(store.blob_path(desc["digest"]), ours, media_type=desc.get("mediaType"),
+                    digest=desc["digest"], diff_id=diff_id, mode="flatten")
+    theirs = snapshot(tmp_path / "bundle" / "rootfs")
+    assert theirs == snapshot(ours)
+    assert len(theirs) >= 2
