@@ -111,7 +111,7 @@ def test_volume_is_shared_with_the_host_and_readonly_volume_refuses_writes(tmp_p
     assert not (data / "x").exists()
 
 
-def test_read_only_rootfs_refuses_writes_but_tmp_volume_works(tmp_path):
+def test_read_only_rootfs_refuses_writes():
     result = minicontainer.run("busybox", "touch /etc/x", readonly=True)
     assert result.exit_code != 0 and "Read-only file system" in result.stderr
 
@@ -139,11 +139,13 @@ def test_memory_limit_oom_kills_with_137_and_sets_the_flag():
 
 
 def test_fork_loop_is_bounded_by_pids_limit_and_the_host_survives():
-    script = "n=0; for i in $(seq 60); do sleep 5 & n=$((n+1)); done 2>/dev/null; jobs -p | wc -l"
+    # at most 60 forks even if the limit failed; each success prints its count
+    script = "i=0; while [ $i -lt 60 ]; do sleep 5 & i=$((i+1)); echo $i; done"
     result = minicontainer.run("busybox", ["sh", "-c", script], pids_limit=8)
-    assert "can't fork" in result.stderr or result.exit_code != 0
-    assert result.stats.pids_current <= 8
-    # every sleeper was killed with the container, and the host can still fork
+    started = [int(n) for n in result.stdout.split()]
+    assert started and max(started) <= 7  # 8 pids: the shell itself plus 7 sleepers
+    assert "can't fork" in result.stderr and result.exit_code != 0
+    # every sleeper died with the container, and the host can still fork
     assert os.waitpid(os.fork() or os._exit(0), 0)[1] == 0
 
 
