@@ -1,17 +1,20 @@
 """Start a container process: fork, unshare, fork again, run the init sequence, exec.
 
-    engine (host)                 setup child                    container init
-    ─────────────                 ───────────                    ──────────────
+    engine (host)                 setup child                    container init (PID 1)
+    ─────────────                 ───────────                    ──────────────────────
     fork() ───────────────────►   unshare(pid|mnt|uts|ipc|net)
-                                  fork() ──────────────────────►  PID 1 in the new pid namespace
-                                  waitpid(init)                   cgroup join, mounts, pivot_root …
-    reads steps from a pipe  ◄──────────────────────────────────  one JSON line per Step
-    EOF on the pipe = execve happened (the pipe is close-on-exec)  execve(command)
-    waitpid(setup) ◄──────────    reports init's wait status
+                                  fork() ──────────────────────►  born as PID 1 of the new pid ns
+                                  write its pid to cgroup.procs   mounts, pivot_root, hostname, lo …
+                                  "joined" ───── sync pipe ─────►  unshare(cgroup), execve(command)
+    reads steps from a pipe  ◄────────────────────────────────── the steps, in batches
+    EOF on the pipe = execve happened (the pipe is close-on-exec)
+                                  waitpid(init)
+    reads the exit status   ◄──── writes init's wait status, exits
 
 The second fork is there because unshare(CLONE_NEWPID) only moves the caller's *next
-child* into the new pid namespace. The setup child waits for PID 1 so the engine can
-still collect its exit status.
+child* into the new pid namespace. The setup child moves PID 1 into the cgroup while
+PID 1 mounts (moving a process can wait for an RCU grace period, milliseconds), and
+waits for PID 1 so the engine can still collect its exit status.
 
 The engine may be a multi-threaded Jupyter kernel, where fork() is only safe if the
 child touches nothing another thread might hold a lock on. So everything is imported
