@@ -77,3 +77,30 @@ def test_steps_after_exec_are_refused():
         sb.exec(["true"])
         with pytest.raises(SandboxError, match="finished"):
             sb.run("true")
+
+
+SHARED_ROOT_SANDBOX = """
+import minicontainer
+with minicontainer.Sandbox("busybox") as sb:
+    sb.unshare("pid", "mnt", "uts", "ipc", "net")
+    sb.mount_overlay()
+    sb.mount_proc()
+    sb.pivot_root()
+    assert "linuxrc" in sb.run("ls /").stdout
+    with open("/proc/self/mountinfo") as f:
+        leaked = [line for line in f if " overlay " in line or "/rootfs" in line]
+    assert leaked == [], leaked  # nothing the sandbox mounted propagated back to us
+print("ok")
+"""
+
+
+def test_sandbox_works_and_leaks_no_mount_when_root_is_shared_like_on_a_systemd_host():
+    # The students' VM has / shared; reproduce it in a throwaway mount namespace.
+    import subprocess
+    import sys
+
+    done = subprocess.run(["unshare", "--mount", "--propagation", "unchanged", "sh", "-c",
+                           f"mount --make-rshared / && {sys.executable} -c '{SHARED_ROOT_SANDBOX}'"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
