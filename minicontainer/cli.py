@@ -328,5 +328,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
+def console() -> None:
+    """The `minicontainer` command: run main(), then leave without Python's shutdown.
+
+    Tearing down every module and object at interpreter exit costs ~20 ms on our machines,
+    a quarter of a `minicontainer run`; the kernel frees the memory anyway. So flush what
+    was printed and _exit.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more to say
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
