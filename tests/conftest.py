@@ -20,8 +20,8 @@ def _mount_lines(marker: str) -> list[str]:
         return [line.strip() for line in f if marker in line]
 
 
-def minicontainer_cgroups() -> set[str]:
-    """Every cgroup directory named minicontainer* on this host (depth-limited walk)."""
+def minicontainer_cgroups(tag: str = "") -> set[str]:
+    """Every cgroup directory named minicontainer* (and carrying ``tag``) on this host."""
     found: set[str] = set()
 
     def walk(path: Path, depth: int) -> None:
@@ -33,7 +33,7 @@ def minicontainer_cgroups() -> set[str]:
             return
         for e in entries:
             if e.is_dir(follow_symlinks=False):
-                if e.name.startswith("minicontainer"):
+                if e.name.startswith("minicontainer") and tag in e.name:
                     found.add(e.path)
                 walk(Path(e.path), depth + 1)
 
@@ -52,15 +52,15 @@ def _links() -> set[str]:
     return set(os.listdir("/sys/class/net"))
 
 
-def _processes_under(root: str) -> list[int]:
-    """Processes in a minicontainer cgroup, or whose root or cwd lies under ``root``."""
+def _processes_under(root: str, tag: str) -> list[int]:
+    """Processes in this test's minicontainer cgroups, or whose root or cwd lies under ``root``."""
     pids = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/cgroup") as f:
-                if "/minicontainer" in f.read():
+                if f"/minicontainer-{tag}" in f.read():
                     pids.append(int(entry))
                     continue
         except OSError:
@@ -100,10 +100,14 @@ def no_leftovers(monkeypatch):
     monkeypatch.setenv("MINICONTAINER_ROOT", root + "/lib")
     monkeypatch.setenv("MINICONTAINER_RUN", root + "/run")
     monkeypatch.setenv("MINICONTAINER_CONFIG_DIR", root + "/config")  # daemon.json, auth.json
-    cgroups_before = minicontainer_cgroups()
+    # every cgroup this test makes carries its tag, so other test runs on the same machine
+    # neither trip this check nor get their cgroups removed by it
+    tag = "t" + os.urandom(4).hex()
+    monkeypatch.setenv("MINICONTAINER_CGROUP_TAG", tag)
+    cgroups_before = minicontainer_cgroups(tag)
     netns_before, links_before = _netns(), _links()
     children_before = set(_children(os.getpid()))
-    contained_before = set(_processes_under(root))
+    contained_before = set(_processes_under(root, tag))
     yield Path(root)
 
     problems = []
@@ -113,7 +117,7 @@ def no_leftovers(monkeypatch):
     while [p for p in _children(os.getpid()) if p not in children_before] and time.monotonic() < deadline:
         time.sleep(0.01)
     stray = [p for p in _children(os.getpid()) if p not in children_before]
-    stray += [p for p in _processes_under(root) if p not in contained_before]
+    stray += [p for p in _processes_under(root, tag) if p not in contained_before]
     if stray:
         problems.append(f"processes left running: {sorted(set(stray))}")
         for pid in set(stray):
@@ -127,7 +131,7 @@ def no_leftovers(monkeypatch):
         problems.append(f"mounts left: {mounts}")
         for line in mounts:
             os.system(f"umount -l {line.split()[4]} 2>/dev/null")
-    cgroups = minicontainer_cgroups() - cgroups_before
+    cgroups = minicontainer_cgroups(tag) - cgroups_before
     if cgroups:
         problems.append(f"cgroups left: {sorted(cgroups)}")
         for path in sorted(cgroups, key=len, reverse=True):

@@ -174,7 +174,8 @@ def test_cgroup_names_that_could_escape_the_tree_are_refused(name):
 
 # ---- v1 on the real kernel ----------------------------------------------------------------
 def _unique_name() -> str:
-    return f"t{uuid.uuid4().hex[:10]}"
+    # the conftest's tag first: its leak check looks at this test's cgroups only
+    return f"{os.environ.get('MINICONTAINER_CGROUP_TAG', 't')}-{uuid.uuid4().hex[:10]}"
 
 
 @pytest.fixture

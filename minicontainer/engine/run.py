@@ -110,6 +110,16 @@ def get_image(store: ImageStore, ref: str) -> Image:
     return image
 
 
+def cgroup_name(container_id: str) -> str:
+    """The container's cgroup name: its short id, after MINICONTAINER_CGROUP_TAG if that is set.
+
+    Test runs set a tag, so that their leak check looks only at their own cgroups when
+    several runs share a machine.
+    """
+    tag = os.environ.get("MINICONTAINER_CGROUP_TAG")
+    return f"{tag}-{container_id[:12]}" if tag else container_id[:12]
+
+
 def spec_for(record: ContainerRecord, image: Image, lowers: list[str], opts: RunOptions) -> ContainerSpec:
     """The runtime spec: the image config's Entrypoint/Cmd/Env/WorkingDir, overridden by the user's."""
     cfg = image.config.get("config", {})
@@ -142,7 +152,7 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
                            volumes=[f"{v.source}:{v.target}{':ro' if v.readonly else ''}" for v in opts.volumes],
                            readonly=opts.readonly, memory=opts.memory, cpus=opts.cpus, pids_limit=opts.pids_limit,
                            durable=not opts.remove)
-    cgroup = open_cgroup(record.id[:12])
+    cgroup = open_cgroup(cgroup_name(record.id))
     try:
         spec = spec_for(record, image, lowers, opts)
         cgroup.create()

@@ -31,7 +31,7 @@ from ..kernel.namespaces import namespace_ids
 from ..trace import Step, Trace
 from .containers import create_record, remove_record
 from .paths import engine_root
-from .run import RunOptions, spec_for, get_image
+from .run import RunOptions, cgroup_name, get_image, spec_for
 
 
 class SandboxError(MinicontainerError):
@@ -102,7 +102,7 @@ class Sandbox:
         limits = Limits(memory=parse_memory(memory) if memory is not None else None,
                         cpus=parse_cpus(cpus) if cpus is not None else None, pids=pids_limit)
         if self.cgroup is None:
-            self.cgroup = open_cgroup(self.record.id[:12])
+            self.cgroup = open_cgroup(cgroup_name(self.record.id))
             from .. import trace as _trace
             with _trace.recording(self.trace):
                 self.cgroup.create()
