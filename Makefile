@@ -5,7 +5,7 @@ VENV := .venv
 STAMP := $(VENV)/.provisioned
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench compile
+.PHONY: setup demo test bench bench-images compile
 
 setup: $(STAMP)
 
@@ -25,3 +25,9 @@ test: compile
 
 bench: compile
 	$(PY) bench/run_latency.py
+
+# layer unpack vs umoci, our registry client vs skopeo, our registry vs docker-registry (several minutes)
+bench-images: compile
+	$(PY) bench/unpack.py
+	$(PY) bench/registry_client.py
+	$(PY) bench/registry_server.py
