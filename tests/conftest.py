@@ -155,3 +155,9 @@ def no_leftovers(monkeypatch):
 def engine_root(no_leftovers) -> Path:
     """The per-test engine root (MINICONTAINER_ROOT)."""
     return no_leftovers / "lib"
+
+
+@pytest.fixture
+def config_dir(no_leftovers) -> Path:
+    """The per-test MINICONTAINER_CONFIG_DIR (daemon.json, auth.json); not created yet."""
+    return no_leftovers / "config"

@@ -39,14 +39,6 @@ DOCKER_CONFIG = "application/vnd.docker.container.image.v1+json"
 DOCKER_LAYER = "application/vnd.docker.image.rootfs.diff.tar.gzip"
 
 
-@pytest.fixture(autouse=True)
-def config_dir(engine_root, monkeypatch) -> Path:
-    """daemon.json and auth.json in the test's own directory, never /etc/minicontainer."""
-    path = engine_root.parent / "config"
-    monkeypatch.setenv("MINICONTAINER_CONFIG_DIR", str(path))
-    return path
-
-
 @pytest.fixture
 def store(engine_root) -> ImageStore:
     """A store holding the built-in busybox image."""

@@ -28,13 +28,6 @@ pytestmark = [pytest.mark.peer,
               pytest.mark.skipif(not Path(DOCKER_REGISTRY).exists(), reason="docker-registry is not installed")]
 
 
-@pytest.fixture(autouse=True)
-def config_dir(engine_root, monkeypatch) -> Path:
-    path = engine_root.parent / "config"
-    monkeypatch.setenv("MINICONTAINER_CONFIG_DIR", str(path))
-    return path
-
-
 @pytest.fixture
 def store(engine_root) -> ImageStore:
     s = ImageStore(engine_root / "local")
