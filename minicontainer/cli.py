@@ -36,6 +36,8 @@ def _add_run(sub) -> None:
     r.add_argument("--pids-limit", type=int, default=None)
     r.add_argument("--read-only", action="store_true", help="mount the container's root read-only")
     r.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    r.add_argument("--init", action="store_true",
+                   help="run a tiny init (tini) as PID 1 that forwards signals and reaps zombies")
     show = r.add_mutually_exclusive_group()
     show.add_argument("--trace", action="store_true", help="print every kernel step afterwards (to stderr)")
     show.add_argument("--explain", action="store_true", help="print the steps a run would take, run nothing")
@@ -139,7 +141,7 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .engine.run import RunOptions, plan, run_foreground
 
     kwargs = dict(name=a.name, hostname=a.hostname, env=a.env, volumes=a.volume, workdir=a.workdir,
-                  memory=a.memory, cpus=a.cpus, pids_limit=a.pids_limit, readonly=a.read_only)
+                  memory=a.memory, cpus=a.cpus, pids_limit=a.pids_limit, readonly=a.read_only, init=a.init)
     if a.explain:
         print(plan(a.image, a.cmd, **kwargs).text())
         return 0

@@ -12,9 +12,10 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 
-# Debian packages: the static busybox is the built-in image; the rest are the peers our
-# interop tests and benchmarks compare against.
-packages=(busybox-static python3-venv python3-dev gcc iproute2 runc crun umoci skopeo docker-registry)
+# Debian packages: the static busybox is the built-in image; tini's static build is what
+# `run --init` mounts into a container; the rest are the peers our interop tests and
+# benchmarks compare against.
+packages=(busybox-static tini python3-venv python3-dev gcc iproute2 runc crun umoci skopeo docker-registry)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -21,7 +21,11 @@ def _mount_lines(marker: str) -> list[str]:
 
 
 def minicontainer_cgroups(tag: str = "") -> set[str]:
-    """Every cgroup directory named minicontainer* (and carrying ``tag``) on this host."""
+    """Every cgroup directory of ours on this host: named after ``tag``, or minicontainer*.
+
+    v1 names a container's cgroup ``minicontainer-<tag>-<id>`` in each hierarchy; v2 puts
+    ``<tag>-<id>`` in a shared parent (``minicontainer/``, or the delegated systemd unit).
+    """
     found: set[str] = set()
 
     def walk(path: Path, depth: int) -> None:
@@ -33,7 +37,7 @@ def minicontainer_cgroups(tag: str = "") -> set[str]:
             return
         for e in entries:
             if e.is_dir(follow_symlinks=False):
-                if e.name.startswith("minicontainer") and tag in e.name:
+                if (tag and tag in e.name) or (not tag and e.name.startswith("minicontainer")):
                     found.add(e.path)
                 walk(Path(e.path), depth + 1)
 
@@ -60,7 +64,7 @@ def _processes_under(root: str, tag: str) -> list[int]:
             continue
         try:
             with open(f"/proc/{entry}/cgroup") as f:
-                if f"/minicontainer-{tag}" in f.read():
+                if f"{tag}-" in f.read():   # v1 ".../minicontainer-<tag>-<id>", v2 "0::/.../<tag>-<id>"
                     pids.append(int(entry))
                     continue
         except OSError:

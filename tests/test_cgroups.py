@@ -189,7 +189,17 @@ def v1() -> V1Cgroup:
 
 
 @pytest.fixture
-def spawn(v1):
+def real():
+    """A created cgroup with this host's own driver (v1 here; v2 in the v2 guest); removed after."""
+    cg = open_cgroup(_unique_name())
+    cg.create()
+    yield cg
+    cg.kill_all()
+    cg.remove()
+
+
+@pytest.fixture
+def spawn(real):
     """Start Python children; every one is killed and reaped after the test (before the cgroup goes)."""
     started: list[subprocess.Popen] = []
 
@@ -276,9 +286,8 @@ def test_v1_invalid_limits_are_refused_before_any_write(v1):
     assert len(trace) == 0
 
 
-@needs_v1
-def test_v1_memory_hog_is_oom_killed_and_counted(v1, spawn):
-    v1.set_limits(Limits(memory=32 * MiB))
+def test_real_memory_hog_is_oom_killed_and_counted(real, spawn):
+    real.set_limits(Limits(memory=32 * MiB))
     # The child joins by writing its own pid into every procs file, as a container's
     # child process does before exec.
     hog = spawn("""
@@ -291,22 +300,21 @@ def test_v1_memory_hog_is_oom_killed_and_counted(v1, spawn):
         sys.stdin.readline()
         data = b"x" * (64 << 20)
         print("survived", flush=True)
-    """, *v1.procs_files())
+    """, *real.procs_files())
     assert hog.stdout.readline().strip() == "joined"
-    assert v1.pids() == [hog.pid]
-    assert not v1.oom_killed()
+    assert real.pids() == [hog.pid]
+    assert not real.oom_killed()
     _go(hog)
     assert hog.wait() == -signal.SIGKILL
     assert hog.stdout.read() == ""
-    stats = v1.stats()
+    stats = real.stats()
     assert stats.oom_kills == 1
-    assert v1.oom_killed()
+    assert real.oom_killed()
     assert 16 * MiB < stats.memory_peak <= 32 * MiB
 
 
-@needs_v1
-def test_v1_pids_max_makes_fork_fail_inside_while_the_host_still_forks(v1, spawn):
-    v1.set_limits(Limits(pids=5))
+def test_real_pids_max_makes_fork_fail_inside_while_the_host_still_forks(real, spawn):
+    real.set_limits(Limits(pids=5))
     forker = spawn("""
         import os, sys
         sys.stdin.readline()
@@ -330,21 +338,23 @@ def test_v1_pids_max_makes_fork_fail_inside_while_the_host_still_forks(v1, spawn
             os.waitpid(pid, 0)
         print("reaped", flush=True)
     """)
-    v1.attach(forker.pid)
+    real.attach(forker.pid)
     _go(forker)
     forked, failed = map(int, forker.stdout.readline().split())
     assert (forked, failed) == (4, 46)          # 5 tasks: the forker and 4 children
-    assert v1.stats().pids_current == 5
+    assert real.stats().pids_current == 5
     assert subprocess.run(["true"]).returncode == 0   # outside the cgroup, fork works
     _go(forker)
     assert forker.stdout.readline().strip() == "reaped"
     assert forker.wait() == 0
 
 
-@needs_v1
-def test_v1_cpu_quota_holds_a_busy_loop_near_its_share(v1, spawn):
-    v1.set_limits(Limits(cpus=0.25))
-    assert Path(v1.paths()["cpu"], "cpu.cfs_quota_us").read_text().strip() == "25000"
+def test_real_cpu_quota_holds_a_busy_loop_near_its_share(real, spawn):
+    real.set_limits(Limits(cpus=0.25))
+    if real.version == 1:
+        assert Path(real.paths()["cpu"], "cpu.cfs_quota_us").read_text().strip() == "25000"
+    else:
+        assert Path(real.paths()["unified"], "cpu.max").read_text().strip() == "25000 100000"
     spinner = spawn("""
         import sys, time
         sys.stdin.readline()
@@ -352,38 +362,38 @@ def test_v1_cpu_quota_holds_a_busy_loop_near_its_share(v1, spawn):
         while time.monotonic() < end:
             pass
     """)
-    v1.attach(spinner.pid)
-    before = v1.stats().cpu_usage_usec
+    real.attach(spinner.pid)
+    before = real.stats().cpu_usage_usec
     start = time.monotonic()
     _go(spinner)
     assert spinner.wait() == 0
     wall = time.monotonic() - start
-    used = (v1.stats().cpu_usage_usec - before) / 1e6
+    used = (real.stats().cpu_usage_usec - before) / 1e6
     # Unthrottled, a busy loop uses ~100% of one CPU; a 0.25 quota keeps it near 25%.
     assert 0.05 < used / wall < 0.6
 
 
-@needs_v1
-def test_v1_freeze_stops_a_busy_process_and_thaw_resumes_it(v1, spawn):
+def test_real_freeze_stops_a_busy_process_and_thaw_resumes_it(real, spawn):
     spinner = spawn("""
         import sys
         sys.stdin.readline()
         while True:
             pass
     """)
-    v1.attach(spinner.pid)
+    real.attach(spinner.pid)
     _go(spinner)
-    assert _wait(lambda: v1.stats().cpu_usage_usec > 10_000)
+    assert _wait(lambda: real.stats().cpu_usage_usec > 10_000)
     with recording() as trace:
-        v1.freeze()
-    assert trace[0].name == "cgroup_freeze" and trace[0].evidence["read back"] in ("FROZEN", "FREEZING")
-    assert v1.is_frozen()
-    usage, ticks = v1.stats().cpu_usage_usec, _utime(spinner.pid)
+        real.freeze()
+    # v1's freezer.state reads FREEZING until every task stopped; v2's cgroup.freeze reads 1
+    assert trace[0].name == "cgroup_freeze" and trace[0].evidence["read back"] in ("FROZEN", "FREEZING", "1")
+    assert real.is_frozen()
+    usage, ticks = real.stats().cpu_usage_usec, _utime(spinner.pid)
     time.sleep(0.3)   # a running busy loop would gain ~30 ticks in this time
-    assert (v1.stats().cpu_usage_usec, _utime(spinner.pid)) == (usage, ticks)
-    v1.thaw()
-    assert not v1.is_frozen()
-    assert _wait(lambda: v1.stats().cpu_usage_usec > usage)
+    assert (real.stats().cpu_usage_usec, _utime(spinner.pid)) == (usage, ticks)
+    real.thaw()
+    assert not real.is_frozen()
+    assert _wait(lambda: real.stats().cpu_usage_usec > usage)
 
 
 def _wait(condition, tries: int = 5000) -> bool:
@@ -398,8 +408,7 @@ def _wait(condition, tries: int = 5000) -> bool:
 PR_SET_CHILD_SUBREAPER = 36
 
 
-@needs_v1
-def test_v1_kill_all_kills_every_process_including_ones_forked_inside(v1, spawn):
+def test_real_kill_all_kills_every_process_including_ones_forked_inside(real, spawn):
     libc = ctypes.CDLL(None, use_errno=True)
     kids: list[int] = []
     parent = spawn("""
@@ -419,14 +428,17 @@ def test_v1_kill_all_kills_every_process_including_ones_forked_inside(v1, spawn)
     # Become the subreaper so the grandchildren come back to us to be reaped.
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     try:
-        v1.attach(parent.pid)
+        real.attach(parent.pid)
         _go(parent)
         kids = [int(p) for p in parent.stdout.readline().split()]
-        assert v1.pids() == sorted([parent.pid, *kids])
+        assert real.pids() == sorted([parent.pid, *kids])
         with recording() as trace:
-            v1.kill_all()
-        assert v1.pids() == []
-        assert {"cgroup_freeze", "cgroup_kill", "cgroup_thaw"} <= set(trace.names())
+            real.kill_all()
+        assert real.pids() == []
+        if real.version == 1:   # no kill file: freeze, signal everyone, thaw
+            assert {"cgroup_freeze", "cgroup_kill", "cgroup_thaw"} <= set(trace.names())
+        else:                   # one write to cgroup.kill, which has nothing to read back
+            assert trace.names() == ["cgroup_kill"] and trace[0].evidence == {}
         assert parent.wait() == -signal.SIGKILL
         while kids:
             _, status = os.waitpid(kids.pop(), 0)
@@ -448,17 +460,19 @@ def test_v1_kill_all_kills_every_process_including_ones_forked_inside(v1, spawn)
         libc.prctl(PR_SET_CHILD_SUBREAPER, 0, 0, 0, 0)
 
 
-@needs_v1
-def test_v1_attach_moves_a_process_into_every_hierarchy(v1, spawn):
+def test_real_attach_moves_a_process_into_every_hierarchy(real, spawn):
     sleeper = spawn("import sys; sys.stdin.readline()")
     with recording() as trace:
-        v1.attach(sleeper.pid)
+        real.attach(sleeper.pid)
     where = _cgroup_of(sleeper.pid)
-    for controller in ("memory", "cpu", "cpuacct", "pids", "freezer"):
-        assert where[controller].endswith(f"/minicontainer-{v1.name}"), controller
-    assert trace.names() == ["cgroup_attach"] * len(v1.procs_files())
-    assert all(os.path.isabs(p) and p.endswith("/cgroup.procs") for p in v1.procs_files())
-    assert v1.stats().pids_current == 1
+    if real.version == 1:
+        for controller in ("memory", "cpu", "cpuacct", "pids", "freezer"):
+            assert where[controller].endswith(f"/minicontainer-{real.name}"), controller
+    else:   # one line, "0::/path", for the one unified tree
+        assert "/sys/fs/cgroup" + where[""] == real.paths()["unified"]
+    assert trace.names() == ["cgroup_attach"] * len(real.procs_files())
+    assert all(os.path.isabs(p) and p.endswith("/cgroup.procs") for p in real.procs_files())
+    assert real.stats().pids_current == 1
 
 
 @needs_v1
@@ -475,32 +489,29 @@ def test_v1_half_done_create_rolls_back_the_directories_it_made():
     assert [s.name for s in trace].count("cgroup_remove") == 3   # memory, cpu, cpuacct
 
 
-@needs_v1
-def test_v1_create_adopts_an_empty_leftover_but_refuses_one_with_processes(v1, spawn):
-    again = V1Cgroup(v1.name)
+def test_real_create_adopts_an_empty_leftover_but_refuses_one_with_processes(real, spawn):
+    again = open_cgroup(real.name)
     sleeper = spawn("import sys; sys.stdin.readline()")
-    v1.attach(sleeper.pid)
+    real.attach(sleeper.pid)
     with pytest.raises(MinicontainerError, match="already exists and holds processes"):
         again.create()
-    assert os.path.isdir(v1.paths()["memory"])   # the refusal removed nothing of the owner's
-    v1.kill_all()
+    assert all(os.path.isdir(d) for d in real.paths().values())   # the refusal removed nothing of the owner's
+    real.kill_all()
     again.create()   # empty now: a crash leftover is adopted
 
 
-@needs_v1
-def test_v1_remove_is_idempotent_and_leaves_nothing(v1):
-    v1.remove()
+def test_real_remove_is_idempotent_and_leaves_nothing(real):
+    real.remove()
     with recording() as trace:
-        v1.remove()
+        real.remove()
     assert len(trace) == 0
-    assert not any(os.path.exists(d) for d in v1.paths().values())
+    assert not any(os.path.exists(d) for d in real.paths().values())
 
 
-@needs_v1
-def test_reopening_a_v1_cgroup_from_its_recorded_paths_reaches_the_same_directories(v1):
-    again = open_cgroup(v1.name, mode="hybrid", paths=v1.paths())
-    assert again.paths() == v1.paths()
-    assert again.stats() == v1.stats()
+def test_reopening_a_v1_cgroup_from_its_recorded_paths_reaches_the_same_directories(real):
+    again = open_cgroup(real.name, paths=real.paths())
+    assert again.paths() == real.paths()
+    assert again.stats() == real.stats()
 
 
 @needs_v1
@@ -581,6 +592,8 @@ class FakeCgroupfs:
             files.update({"pids.max": "max", "pids.current": "0"})
         for name, text in files.items():
             Path(path, name).write_text(text)
+        if self.kill_file:
+            Path(path, "cgroup.kill").chmod(0o200)   # write-only, as in the kernel
 
     def rmdir(self, path):
         d = Path(path)
@@ -615,7 +628,9 @@ class FakeCgroupfs:
                     raise OSError(errno.ENOENT, os.strerror(errno.ENOENT))
                 (enabled.add if token[0] == "+" else enabled.discard)(token[1:])
             path.write_text(" ".join(sorted(enabled)))
-        elif path.name == "cgroup.procs":
+        elif path.name == "cgroup.procs":   # a process is in one cgroup: moving takes it out of the old one
+            for procs in self.root.rglob("cgroup.procs"):
+                procs.write_text("".join(f"{p}\n" for p in procs.read_text().split() if p != value.strip()))
             path.write_text(path.read_text() + value + "\n")
         elif path.name == "cgroup.freeze":
             path.write_text(value)
@@ -662,7 +677,9 @@ def test_v2_create_enables_memory_cpu_pids_in_every_ancestor_from_the_root_down(
     assert trace.names() == ["cgroup_write", "cgroup_create", "cgroup_write", "cgroup_create"]
     assert trace[0].evidence == {"read back": "cpu memory pids"}
     cg.remove()
-    assert not (tmp_path / "minicontainer").exists()
+    assert not (tmp_path / "minicontainer/c1").exists()
+    # the shared parent stays: removing it raced with other engines creating containers in it
+    assert (tmp_path / "minicontainer").is_dir()
 
 
 def test_v2_create_skips_controllers_an_ancestor_already_delegates(fakefs, tmp_path):
@@ -675,7 +692,7 @@ def test_v2_create_skips_controllers_an_ancestor_already_delegates(fakefs, tmp_p
     assert fakefs.writes[before:] == []   # everything already delegated: only a mkdir
     for name in ("c1", "c2"):
         V2Cgroup(name, root=str(tmp_path)).remove()
-    assert not (tmp_path / "minicontainer").exists()
+    assert [e.name for e in (tmp_path / "minicontainer").iterdir() if e.is_dir()] == []
 
 
 def test_v2_limits_are_written_as_memory_max_cpu_max_and_pids_max(fakefs, tmp_path):
@@ -773,12 +790,15 @@ def test_v2_a_controller_missing_below_the_root_says_to_enable_it_in_the_parent(
     fakefs.rmdir(str(tmp_path / "minicontainer"))
 
 
-def test_v2_half_done_create_removes_the_parent_it_made(fakefs, tmp_path):
+def test_v2_a_failed_create_leaves_no_container_cgroup_and_a_usable_parent(fakefs, tmp_path):
     fakefs.fail_mkdir.add(str(tmp_path / "minicontainer/c1"))
     with recording() as trace, pytest.raises(KernelError):
         V2Cgroup("c1", root=str(tmp_path)).create()
-    assert not (tmp_path / "minicontainer").exists()
-    assert trace.names()[-1] == "cgroup_remove"
+    assert not (tmp_path / "minicontainer/c1").exists()
+    assert trace.names()[-1] == "cgroup_create" and not trace[-1].ok
+    fakefs.fail_mkdir.clear()
+    V2Cgroup("c1", root=str(tmp_path)).create()   # the parent it left is the one the next create uses
+    assert (tmp_path / "minicontainer/c1/memory.max").exists()
 
 
 def test_v2_remove_keeps_the_shared_parent_while_another_container_uses_it(fakefs, tmp_path):
@@ -788,8 +808,10 @@ def test_v2_remove_keeps_the_shared_parent_while_another_container_uses_it(fakef
     a.remove()
     assert (tmp_path / "minicontainer/b").is_dir()
     b.remove()
-    b.remove()   # idempotent
-    assert not (tmp_path / "minicontainer").exists()
+    with recording() as trace:
+        b.remove()   # idempotent
+    assert len(trace) == 0
+    assert not (tmp_path / "minicontainer/b").exists() and (tmp_path / "minicontainer").is_dir()
 
 
 def test_v2_remove_waits_for_processes_then_explains_what_is_still_there(fakefs, tmp_path, monkeypatch):
@@ -801,7 +823,7 @@ def test_v2_remove_waits_for_processes_then_explains_what_is_still_there(fakefs,
         cg.remove()
     cg.kill_all()
     cg.remove()
-    assert not (tmp_path / "minicontainer").exists()
+    assert not (tmp_path / "minicontainer/c1").exists()
 
 
 def test_the_write_step_names_the_file_the_value_and_the_read_back(fakefs, tmp_path):
@@ -819,3 +841,130 @@ def test_a_failed_write_becomes_a_one_line_kernel_error(fakefs, tmp_path):
         cgroups.write_cgroup_file(str(tmp_path / "memory.max"), "1", "x")
     assert info.value.errno == errno.ENOENT
     assert "is the controller enabled" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_a_write_only_file_gets_no_read_back_evidence(fakefs, tmp_path):
+    cg = V2Cgroup("c1", root=str(tmp_path))
+    cg.create()
+    with recording() as trace:
+        cg.kill_all()
+    assert trace.names() == ["cgroup_kill"]
+    assert trace[0].evidence == {}   # not "unavailable: [Errno 22] Invalid argument"
+    cg.remove()
+
+
+def test_planning_v2_lists_the_swap_limit_and_the_kill_a_real_run_writes(fakefs, tmp_path):
+    V2Cgroup("first", root=str(tmp_path)).create()   # an earlier container made the parent
+    cg = V2Cgroup("planned", root=str(tmp_path))
+    with planning() as plan:
+        cg.create()
+        cg.set_limits(Limits(memory=64 * MiB))
+        cg.kill_all()
+        cg.remove()
+    assert plan.names() == ["cgroup_create", "cgroup_write", "cgroup_write", "cgroup_kill", "cgroup_remove"]
+    assert plan[2].call.endswith("/planned/memory.swap.max")
+    assert not (tmp_path / "minicontainer/planned").exists()
+    V2Cgroup("first", root=str(tmp_path)).remove()
+
+
+# ---- v2 under systemd, against a fake tree ----------------------------------------------------
+# systemd is not PID 1 on this machine; the v2 guest (make test-v2) runs the real thing.
+def _systemd_tree(tmp_path: Path, fakefs: FakeCgroupfs, keeper: int | None = None) -> Path:
+    """The part of a systemd host's tree the driver sees: system.slice and, if started, our unit."""
+    (tmp_path / "cgroup.subtree_control").write_text("cpu io memory pids")   # systemd's choice
+    fakefs.mkdir(str(tmp_path / "system.slice"))
+    (tmp_path / "system.slice/cgroup.subtree_control").write_text("cpu io memory pids")
+    unit = tmp_path / "system.slice" / cgroups.SYSTEMD_UNIT
+    if keeper is not None:
+        fakefs.mkdir(str(unit))
+        (unit / "cgroup.procs").write_text(f"{keeper}\n")
+    return unit
+
+
+def test_under_systemd_containers_live_in_the_delegated_units_cgroup_and_the_root_is_untouched(fakefs, tmp_path):
+    unit = _systemd_tree(tmp_path, fakefs, keeper=4242)
+    cg = V2Cgroup("c1", root=str(tmp_path), systemd=True)
+    with recording() as trace:
+        cg.create()
+    assert cg.paths() == {"unified": str(unit / "c1")}
+    # the unit's own process moved to a leaf: a cgroup that delegates may hold no process
+    assert (unit / "supervisor/cgroup.procs").read_text().split() == ["4242"]
+    assert (unit / "cgroup.procs").read_text().split() == []
+    assert _written(fakefs, unit / "cgroup.subtree_control") == ["+memory +cpu +pids"]
+    assert _written(fakefs, tmp_path / "cgroup.subtree_control") == []   # systemd's to manage
+    assert trace.names() == ["cgroup_create", "cgroup_attach", "cgroup_write", "cgroup_create"]
+    assert (unit / "c1/memory.max").exists()
+    V2Cgroup("c2", root=str(tmp_path), systemd=True).create()   # the second one only makes its own
+    for name in ("c1", "c2"):
+        V2Cgroup(name, root=str(tmp_path), systemd=True).remove()
+    assert unit.is_dir()   # the unit's cgroup is systemd's: never removed by us
+
+
+def test_under_systemd_the_delegated_unit_is_started_when_its_cgroup_is_missing(fakefs, tmp_path, monkeypatch):
+    unit = _systemd_tree(tmp_path, fakefs)
+    started = []
+
+    def fake_start(name=cgroups.SYSTEMD_UNIT):   # stands in for systemd-run: systemd makes the cgroup
+        started.append(name)
+        fakefs.mkdir(str(unit))
+        (unit / "cgroup.procs").write_text("777\n")
+
+    monkeypatch.setattr(cgroups, "start_delegated_unit", fake_start)
+    V2Cgroup("c1", root=str(tmp_path), systemd=True).create()
+    V2Cgroup("c2", root=str(tmp_path), systemd=True).create()
+    assert started == [cgroups.SYSTEMD_UNIT]   # once, not per container
+    assert (unit / "supervisor/cgroup.procs").read_text().split() == ["777"]
+    for name in ("c1", "c2"):
+        V2Cgroup(name, root=str(tmp_path), systemd=True).remove()
+
+
+def test_the_delegation_step_is_the_systemd_run_a_learner_could_type(monkeypatch):
+    with planning() as plan:
+        cgroups.start_delegated_unit()
+    step = plan[0]
+    assert step.name == "systemd_delegate" and "Delegate=yes" in step.call
+    assert step.shell.startswith("systemd-run --unit=minicontainer-cgroups.service --property=Delegate=yes")
+
+
+def test_a_fake_tree_is_never_taken_for_systemds(tmp_path, monkeypatch):
+    monkeypatch.setattr(cgroups, "systemd_manages_cgroups", lambda: True)
+    assert not V2Cgroup("c1", root=str(tmp_path)).systemd
+    assert V2Cgroup("c1").systemd and V2Cgroup("c1").parent.endswith("/system.slice/minicontainer-cgroups.service")
+
+
+# ---- concurrency, on the real kernel ---------------------------------------------------------------
+def _create_remove_worker(tag: str, rounds: int, errors_w: int) -> None:
+    errors = []
+    for i in range(rounds):
+        cg = open_cgroup(f"{tag}-{i}")
+        try:
+            cg.create()
+            cg.remove()
+        except Exception as exc:   # noqa: BLE001 - every failure counts
+            errors.append(f"{type(exc).__name__}: {exc}")
+    os.write(errors_w, ("\n".join(errors[:5]) + f"\n{len(errors)} errors\n").encode())
+
+
+def test_concurrent_creates_and_removes_never_fail_on_the_shared_parent():
+    """3 processes x 200 create+remove, as three engines starting containers at once."""
+    workers = []
+    base = _unique_name()
+    for n in range(3):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # a separate process, as separate CLI calls are
+            code = 1
+            try:
+                os.close(r)
+                _create_remove_worker(f"{base}-w{n}", 200, w)
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        workers.append((pid, r))
+    reports = []
+    for pid, r in workers:
+        with os.fdopen(r) as f:
+            reports.append(f.read())
+        assert os.waitpid(pid, 0)[1] == 0
+    assert [rep.strip().splitlines()[-1] for rep in reports] == ["0 errors"] * 3, reports

@@ -213,16 +213,28 @@ def test_container_without_rm_is_kept_as_exited(engine_root):
         minicontainer.run("busybox", "true", name="keeper")
 
 
+def _collapse(names: list[str]) -> list[str]:
+    return [n for i, n in enumerate(names) if i == 0 or names[i - 1] != n]
+
+
 def test_trace_records_every_kernel_step_in_order():
+    minicontainer.run("busybox", ["true"])   # the first run builds the image and, on v2, the shared parent
     result = minicontainer.run("busybox", ["true"], memory="64m")
+    version = 2 if _unified() else 1
     names = result.trace.names()
     # PID 1's own steps, in the order it takes them
-    order = ["cgroup_create", "cgroup_write", "fork", "unshare", "fork", "make_private",
-             "mount_overlay", "mount_proc", "mount_dev", "mount_sys", "pivot_root", "umount_old_root",
-             "sethostname", "loopback_up", "unshare", "execve", "cgroup_remove"]
+    # v1: a directory per hierarchy, then memory.limit_in_bytes (and memsw); v2: one
+    # directory in the shared parent (the first run made it), then memory.max and swap.max
+    order = ["cgroup_create", "cgroup_write",
+             "fork", "unshare", "fork", "make_private", "mount_overlay", "mount_proc", "mount_dev", "mount_sys",
+             "pivot_root", "umount_old_root", "sethostname", "loopback_up", "unshare", "execve"]
+    # after PID 1 exits: v2 kills what is left with one write to cgroup.kill (v1 has no
+    # such file and signals only processes that are still there: none here)
+    order += ["cgroup_kill", "cgroup_remove"] if version == 2 else ["cgroup_remove"]
     kept = [n for n in names if n in order]
-    assert [n for i, n in enumerate(kept) if i == 0 or kept[i - 1] != n] == order  # repeats collapsed
+    assert _collapse(kept) == order
     assert all(s.ok for s in result.trace)
+    assert not any("unavailable" in s.evidence for s in result.trace if s.name.startswith("cgroup_") and s.name != "cgroup_join")
     # the setup child moves PID 1 into the cgroup while it mounts; it is done before exec,
     # and before the cgroup namespace is made (whose root is the cgroup PID 1 is in)
     join, execve = result.trace.find("cgroup_join"), result.trace.find("execve")
@@ -233,18 +245,52 @@ def test_trace_records_every_kernel_step_in_order():
     host_pid = init_fork.result.rsplit(" ", 1)[1]  # "PID 1 inside, host pid N"
     assert join.call.startswith(f'write "{host_pid}" > ') and join.pid != int(host_pid)
     write = result.trace.find("cgroup_write")
+    assert write.call.endswith("/memory.limit_in_bytes" if version == 1 else "/memory.max")
     assert write.evidence["read back"] == str(64 * 2**20)
     assert result.trace.find("pivot_root").shell.endswith("pivot_root . .")
 
 
-def test_plan_lists_the_same_steps_without_doing_them(engine_root):
+def _unified() -> bool:
+    from minicontainer.kernel.cgroups import detect_mode
+
+    return detect_mode() == "unified"
+
+
+def test_plan_lists_exactly_the_steps_a_run_takes(engine_root):
+    minicontainer.run("busybox", ["true"], memory="64m")   # builds the image (and v2's shared parent)
     planned = minicontainer.plan("busybox", ["true"], memory="64m")
     real = minicontainer.run("busybox", ["true"], memory="64m")
     assert {s.result for s in planned} == {"(planned)"}
-    # the real run also built and unpacked the image on first use, and removed its cgroup after
-    names = real.trace.names()
-    container_steps = [n for n in names[names.index("cgroup_create"):] if n != "cgroup_remove"]
-    # the same steps; the cgroup join runs alongside PID 1's mounts, so its place may differ
-    assert sorted(planned.names()) == sorted(container_steps)
-    assert [n for n in planned.names() if n != "cgroup_join"] == [n for n in container_steps if n != "cgroup_join"]
+    # the same steps, teardown included; the cgroup join runs alongside PID 1's mounts,
+    # so its place may differ
+    assert sorted(planned.names()) == sorted(real.trace.names())
+    assert [n for n in planned.names() if n != "cgroup_join"] == [n for n in real.trace.names() if n != "cgroup_join"]
+    # and the same calls, but for the container id the plan can't know yet
+    assert [s.call.split("/")[-1] for s in planned if s.name.startswith("cgroup_w")] == \
+        [s.call.split("/")[-1] for s in real.trace if s.name.startswith("cgroup_w")]
+    assert leftover_containers(engine_root) == []
+
+
+def test_timeout_inside_a_container_works_with_init_and_is_ignored_without_it():
+    # busybox's timeout execs the command in its own process and signals it from a child.
+    # Without --init that command is PID 1, and the kernel delivers no signal to a PID 1
+    # that has no handler for it: sleep ignores the SIGTERM and sleeps on.
+    cmd = ["timeout", "-s", "TERM", "1", "sleep", "3"]
+    plain = minicontainer.run("busybox", cmd)
+    assert plain.exit_code == 0, "without --init, PID 1 ignored SIGTERM and finished its sleep"
+    with_init = minicontainer.run("busybox", cmd, init=True)
+    assert with_init.exit_code == 128 + 15, "with --init, sleep is tini's child and SIGTERM kills it"
+    shown = minicontainer.run("busybox", "tr '\\0' ' ' < /proc/1/cmdline", init=True)
+    assert shown.stdout.startswith("/sbin/docker-init -- sh -c"), "tini is PID 1, the command its child"
+    mount = [s for s in shown.trace if s.name == "bind_volume"][0]
+    assert mount.call.startswith('mount("/usr/bin/tini-static", ')
+
+
+def test_init_without_tini_installed_is_a_clear_error_before_anything_is_made(engine_root, monkeypatch):
+    from minicontainer.engine import run as run_module
+
+    monkeypatch.setattr(run_module, "HOST_INIT", "/nonexistent/tini-static")
+    with pytest.raises(MinicontainerError) as info:
+        minicontainer.run("busybox", ["true"], init=True)
+    assert "apt-get install tini" in str(info.value) and "\n" not in str(info.value)
     assert leftover_containers(engine_root) == []

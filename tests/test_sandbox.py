@@ -28,7 +28,11 @@ def test_step_by_step_container_seen_from_the_host_between_steps():
         assert sb.sethostname("box").evidence["hostname"] == "box"
         sb.join_cgroup(memory="64m", pids_limit=32)
         with open(f"/proc/{sb.pid}/cgroup") as f:
-            assert any("minicontainer-" in line and ":memory:" in line for line in f)
+            lines = f.read().splitlines()
+        # v1: a line per hierarchy ("4:memory:/…/minicontainer-<name>"); v2: one ("0::/…/<name>")
+        name = sb.cgroup.name
+        assert any(line.endswith(f"/minicontainer-{name}") and ":memory:" in line for line in lines) or \
+            any(line.startswith("0::/") and line.endswith(f"/{name}") for line in lines), lines
 
         sb.mount_overlay()
         sb.mount_proc()

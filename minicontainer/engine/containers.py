@@ -58,6 +58,7 @@ class ContainerRecord:
     memory: int | None = None
     cpus: float | None = None
     pids_limit: int | None = None
+    init: bool = False
     created_at: float = 0.0
 
     @property

@@ -43,12 +43,14 @@ class RunOptions:
     pids_limit: int | None = None
     readonly: bool = False
     remove: bool = False
+    init: bool = False        # --init: a tiny init as PID 1 that forwards signals and reaps zombies
 
     @classmethod
     def parse(cls, image: str, args: list[str] | str | None = None, *, name: str = "", hostname: str = "",
               env: list[str] | dict[str, str] | None = None, volumes: list[str] | None = None, workdir: str = "",
               memory: str | int | None = None, cpus: str | float | None = None,
-              pids_limit: int | None = None, readonly: bool = False, remove: bool = False) -> "RunOptions":
+              pids_limit: int | None = None, readonly: bool = False, remove: bool = False,
+              init: bool = False) -> "RunOptions":
         """Validate user input before anything is created."""
         if isinstance(args, str):
             args = ["sh", "-c", args]
@@ -62,12 +64,14 @@ class RunOptions:
         if workdir and not workdir.startswith("/"):
             raise MinicontainerError(f"invalid working directory {workdir!r}: it must be absolute, e.g. -w /tmp")
         parse_reference(image)  # a malformed reference fails here, before anything exists
+        if init:
+            host_init_binary()   # a missing tini fails here too
         return cls(image=image, args=list(args or []), name=name, hostname=hostname, env=list(env or []),
                    volumes=[Volume.parse(v) for v in volumes or []], workdir=workdir,
                    memory=parse_memory(memory) if memory is not None else None,
                    cpus=parse_cpus(cpus) if cpus is not None else None,
                    pids_limit=int(pids_limit) if pids_limit is not None else None,
-                   readonly=readonly, remove=remove)
+                   readonly=readonly, remove=remove, init=bool(init))
 
     @property
     def limits(self) -> Limits:
@@ -94,6 +98,20 @@ class RunResult:
     def _repr_html_(self) -> str:
         return (f"<p>exit code <b>{self.exit_code}</b>{' (OOM-killed)' if self.oom_killed else ''}</p>"
                 f"<pre>{self.output}</pre>" + self.trace._repr_html_())
+
+
+# --init, as Docker does it: the host's static tini, bind-mounted read-only into the
+# container at the path Docker uses, runs as PID 1 and starts the command as its child.
+HOST_INIT = "/usr/bin/tini-static"      # Debian's tini package
+INIT_PATH = "/sbin/docker-init"
+
+
+def host_init_binary() -> str:
+    """The static init binary --init mounts into the container; a clear error if it is missing."""
+    if not os.access(HOST_INIT, os.X_OK):
+        raise MinicontainerError(f"--init needs a static init binary at {HOST_INIT}: "
+                                 "install Debian's tini package (apt-get install tini)")
+    return HOST_INIT
 
 
 def get_image(store: ImageStore, ref: str) -> Image:
@@ -126,13 +144,20 @@ def spec_for(record: ContainerRecord, image: Image, lowers: list[str], opts: Run
     args = opts.args or (cfg.get("Entrypoint") or []) + (cfg.get("Cmd") or [])
     if opts.args and cfg.get("Entrypoint"):
         args = cfg["Entrypoint"] + opts.args
+    volumes = list(opts.volumes)
+    if opts.init:
+        # PID 1 gets no default signal handling from the kernel: a command that is PID 1
+        # ignores SIGTERM unless it installs a handler. tini installs them, passes each
+        # signal on to the command (its child), and reaps orphaned zombies.
+        args = [INIT_PATH, "--", *args]
+        volumes.append(Volume(host_init_binary(), INIT_PATH, readonly=True))
     env = _merge_env(cfg.get("Env") or [], opts.env)
     if not any(e.startswith("HOSTNAME=") for e in env):
         env.append(f"HOSTNAME={opts.hostname or record.id[:12]}")
     return ContainerSpec(id=record.id, args=args, rootfs=str(record.dir / "rootfs"), lowers=lowers,
                          upper=str(record.dir / "upper"), work=str(record.dir / "work"), env=env,
                          cwd=opts.workdir or cfg.get("WorkingDir") or "/",
-                         hostname=opts.hostname or record.id[:12], volumes=opts.volumes, readonly=opts.readonly)
+                         hostname=opts.hostname or record.id[:12], volumes=volumes, readonly=opts.readonly)
 
 
 def _merge_env(image_env: list[str], user_env: list[str]) -> list[str]:
@@ -151,6 +176,7 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
                            args=opts.args, env=opts.env, cwd=opts.workdir, hostname=opts.hostname,
                            volumes=[f"{v.source}:{v.target}{':ro' if v.readonly else ''}" for v in opts.volumes],
                            readonly=opts.readonly, memory=opts.memory, cpus=opts.cpus, pids_limit=opts.pids_limit,
+                           init=opts.init,
                            durable=not opts.remove)
     cgroup = open_cgroup(cgroup_name(record.id))
     try:
@@ -326,4 +352,7 @@ def plan(image: str = "busybox", cmd: list[str] | str | None = None, **options) 
              why="after unshare(CLONE_NEWPID) only a new child enters the pid namespace, as its PID 1").do(lambda: None)
         join_cgroup(spec.cgroup_procs, pid=1)  # the setup child moves PID 1 while it mounts
         container_init(spec, wait_for_cgroup=lambda: None)
+        # after PID 1 exits, finish() does these: the same calls, planned
+        cgroup.kill_all()
+        cgroup.remove()
     return tr

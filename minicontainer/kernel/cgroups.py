@@ -43,7 +43,10 @@ CFS_PERIOD_US = 100_000          # the kernel's default CFS period: 100 ms
 CFS_MIN_QUOTA_US = 1_000         # cpu.cfs_quota_us / cpu.max refuse less than 1 ms
 V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
-V2_PARENT = "minicontainer"      # v2 containers live in <root>/minicontainer/<name>
+V2_PARENT = "minicontainer"      # v2 without systemd: containers live in <root>/minicontainer/<name>
+SYSTEMD_SLICE = "system.slice"   # v2 under systemd: <root>/system.slice/minicontainer-cgroups.service/<name>
+SYSTEMD_UNIT = "minicontainer-cgroups.service"
+SUPERVISOR = "supervisor"        # the leaf that holds the delegated unit's own process
 V1_PREFIX = "minicontainer-"     # v1 containers live in <hierarchy>/<caller's cgroup>/minicontainer-<name>
 
 # How long to wait for the kernel to finish something asynchronous. These are safety
@@ -227,8 +230,12 @@ def write_cgroup_file(path: str, value: str, why: str, *, name: str = "cgroup_wr
         finally:
             os.close(fd)
 
+    def read_back() -> dict[str, str]:
+        # some files are write-only (cgroup.kill is mode 0200): nothing to read back then
+        return {"read back": _read(path)} if os.stat(path).st_mode & 0o444 else {}
+
     try:
-        step.do(write, evidence=lambda: {"read back": _read(path)})
+        step.do(write, evidence=read_back)
     except OSError as exc:
         hint = _WRITE_HINTS.get(exc.errno or 0, "")
         where = f"writing {value!r} to {path}"
@@ -596,15 +603,70 @@ class V1Cgroup(Cgroup):
 
 
 # ---- cgroup v2 ------------------------------------------------------------------------
+def systemd_manages_cgroups() -> bool:
+    """True when systemd is PID 1 here (sd_booted(3): /run/systemd/system exists).
+
+    systemd then owns the cgroup tree: it creates and removes cgroups for its units and
+    rewrites ``cgroup.subtree_control`` as it sees fit. Others get a subtree of their own
+    only by asking for it ("delegation").
+    """
+    return os.path.isdir("/run/systemd/system")
+
+
+def start_delegated_unit(unit: str = SYSTEMD_UNIT) -> Step:
+    """Ask systemd for a cgroup subtree of our own: a service unit with ``Delegate=yes``.
+
+    systemd creates the unit's cgroup under system.slice, enables every controller it
+    manages for it, and from then on leaves everything below it to us. The unit's one
+    process (``sleep infinity``) only keeps the unit, and so the cgroup, alive.
+    """
+    argv = ["systemd-run", f"--unit={unit}", "--property=Delegate=yes",
+            "--description=cgroup subtree delegated to minicontainer", "--quiet",
+            "/bin/sleep", "infinity"]
+    step = Step(name="systemd_delegate", call=f"StartTransientUnit({unit}, Delegate=yes)",
+                shell=" ".join(shlex.quote(a) for a in argv),
+                why="systemd owns the cgroup tree; a unit with Delegate=yes hands a subtree to us")
+
+    def start() -> str:
+        import subprocess  # only on a systemd host, once per boot
+
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        except FileNotFoundError:
+            raise MinicontainerError("systemd manages the cgroups here, but systemd-run is missing: "
+                                     "install the systemd package") from None
+        # a concurrent engine may have started the unit a moment ago: that is success too
+        if done.returncode != 0 and "already" not in done.stderr:
+            raise MinicontainerError(f"systemd refused to start {unit}: {done.stderr.strip()} "
+                                     f"(see `systemctl status {unit}`)")
+        return f"started {unit}"
+
+    step.do(start)
+    return step
+
+
 class V2Cgroup(Cgroup):
-    """A cgroup in the unified (v2) tree: <root>/minicontainer/<name>."""
+    """A cgroup in the unified (v2) tree, in a parent cgroup that all containers share.
+
+    Without systemd the parent is ``<root>/minicontainer`` and the engine delegates the
+    controllers down from the root itself. Under systemd, which owns the root, the parent
+    is the cgroup of a unit with ``Delegate=yes``
+    (``<root>/system.slice/minicontainer-cgroups.service``), as runc's and podman's
+    systemd drivers do. The parent is never removed: an engine removing it while another
+    creates a container in it was a race (ENOENT, ENODEV) when containers start at once.
+    """
 
     version = 2
 
-    def __init__(self, name: str, *, root: str = DEFAULT_ROOT, paths: dict[str, str] | None = None):
+    def __init__(self, name: str, *, root: str = DEFAULT_ROOT, paths: dict[str, str] | None = None,
+                 systemd: bool | None = None):
         self.name = _check_name(name)
         self.root = root.rstrip("/") or "/"
-        self.parent = os.path.join(self.root, V2_PARENT)
+        if systemd is None:   # a test's fake tree is never systemd's
+            systemd = self.root == DEFAULT_ROOT and systemd_manages_cgroups()
+        self.systemd = systemd
+        self.parent = os.path.join(self.root, SYSTEMD_SLICE, SYSTEMD_UNIT) if systemd \
+            else os.path.join(self.root, V2_PARENT)
         self.dir = paths["unified"] if paths else os.path.join(self.parent, name)
 
     def paths(self) -> dict[str, str]:
@@ -623,23 +685,43 @@ class V2Cgroup(Cgroup):
                 self._create_once()
                 return
             except KernelError as exc:
-                # Another engine process removed the shared parent between our steps.
-                if exc.errno != errno.ENOENT or attempt == 2:
+                # Someone removed the shared parent between our steps (rmdir by hand,
+                # `systemctl stop`): make it again.
+                if exc.errno not in (errno.ENOENT, errno.ENODEV) or attempt == 2:
                     raise
 
     def _create_once(self) -> None:
-        made: list[str] = []
-        try:
+        if self.systemd:
+            self._ensure_delegated_parent()
+        else:
             self._enable_controllers(self.root)
-            if _make_cgroup_dir(self.parent, "the parent cgroup that groups all minicontainer containers"):
-                made.append(self.parent)
-            self._enable_controllers(self.parent)
-            if _make_cgroup_dir(self.dir, "the container's own cgroup"):
-                made.append(self.dir)
-        except BaseException:
-            for directory in reversed(made):
-                _remove_cgroup_dir(directory, "roll back a half-created cgroup")
-            raise
+            if not os.path.isdir(self.parent):
+                _make_cgroup_dir(self.parent, "the parent cgroup that groups all minicontainer containers")
+        self._enable_controllers(self.parent)
+        _make_cgroup_dir(self.dir, "the container's own cgroup")
+
+    def _ensure_delegated_parent(self) -> None:
+        """Start the delegated unit if its cgroup is missing; keep its cgroup free of processes."""
+        if not os.path.isdir(self.parent):
+            start_delegated_unit()
+            if not is_planning() and not _wait_until(lambda: os.path.isdir(self.parent), KILL_TIMEOUT):
+                raise MinicontainerError(f"systemd started {SYSTEMD_UNIT} but {self.parent} did not "
+                                         f"appear: see `systemctl status {SYSTEMD_UNIT}`")
+        # "No internal processes": a cgroup that hands controllers to its children may hold
+        # no process itself, so the unit's keeper process moves to a leaf of its own.
+        keepers = [] if is_planning() else _procs_in(self.parent)
+        if keepers:
+            leaf = os.path.join(self.parent, SUPERVISOR)
+            if not os.path.isdir(leaf):
+                _make_cgroup_dir(leaf, "a leaf for the unit's own process: no internal processes")
+            for pid in keepers:
+                try:
+                    write_cgroup_file(os.path.join(leaf, "cgroup.procs"), str(pid),
+                                      "a cgroup that delegates controllers may hold no process itself",
+                                      name="cgroup_attach")
+                except KernelError as exc:
+                    if exc.errno != errno.ESRCH:
+                        raise
 
     def _enable_controllers(self, ancestor: str) -> None:
         """Delegate memory, cpu and pids from ``ancestor`` to its children (subtree_control)."""
@@ -648,13 +730,18 @@ class V2Cgroup(Cgroup):
         if is_planning() and not os.path.exists(controllers_file):
             available, enabled = set(V2_CONTROLLERS), set()
         else:
-            available = set(_read(controllers_file).split())
-            enabled = set(_read(subtree_file).split())
+            try:
+                available = set(_read(controllers_file).split())
+                enabled = set(_read(subtree_file).split())
+            except OSError as exc:
+                raise KernelError("cgroup_create", exc.errno or 0, f"reading {controllers_file}") from None
         for controller in V2_CONTROLLERS:
             if controller not in available:
                 if ancestor == self.root:
                     fix = (f"boot with cgroup_enable={controller}; on a hybrid host a v1 hierarchy "
                            "holds it, so use the v1 driver (open_cgroup picks it)")
+                elif self.systemd and ancestor == self.parent:
+                    fix = f"check that {SYSTEMD_UNIT} has Delegate=yes: systemctl show -p Delegate {SYSTEMD_UNIT}"
                 else:
                     fix = f"enable it in the parent: echo +{controller} > {os.path.dirname(ancestor)}/cgroup.subtree_control"
                 raise ControllerMissing(controller, f"in {ancestor} (cgroup.controllers: "
@@ -664,12 +751,31 @@ class V2Cgroup(Cgroup):
             write_cgroup_file(subtree_file, " ".join(f"+{c}" for c in missing),
                               "a child cgroup only gets the controllers its parent lists in subtree_control")
 
+    def _kernel_offers(self, file: str, needs: str = "cgroup.procs") -> bool:
+        """Whether the kernel gives a cgroup like ours the interface file ``file``.
+
+        ``memory.swap.max`` exists only with swap accounting, ``cgroup.kill`` only since
+        Linux 5.14. While planning, the container's cgroup does not exist yet, so look at
+        one that does and has ``needs`` (the kernel gives such files to every non-root
+        cgroup with that controller, or to none).
+        """
+        candidates = [self.dir, self.parent]
+        if is_planning():
+            try:
+                candidates += [e.path for e in os.scandir(self.root) if e.is_dir(follow_symlinks=False)]
+            except OSError:
+                pass
+        for directory in candidates:
+            if os.path.exists(os.path.join(directory, needs)):
+                return os.path.exists(os.path.join(directory, file))
+        return False
+
     def set_limits(self, limits: Limits) -> None:
         _check_limits(limits)
         if limits.memory is not None:
             write_cgroup_file(self._file("memory.max"), str(parse_memory(limits.memory)),
                               "the OOM killer kills a process in the cgroup once it uses more memory than this")
-            if os.path.exists(self._file("memory.swap.max")):
+            if self._kernel_offers("memory.swap.max", needs="memory.max"):
                 write_cgroup_file(self._file("memory.swap.max"), "0",
                                   "no swap, so the memory limit can't be dodged by swapping")
         if limits.cpus is not None:
@@ -712,7 +818,7 @@ class V2Cgroup(Cgroup):
             oom_kills=_key_values(_read(self._file("memory.events"))).get("oom_kill", 0))
 
     def kill_all(self) -> None:
-        if not os.path.exists(self._file("cgroup.kill")):
+        if not self._kernel_offers("cgroup.kill"):
             self._kill_frozen()   # cgroup.kill appeared in Linux 5.14
             return
         write_cgroup_file(self._file("cgroup.kill"), "1",
@@ -723,24 +829,8 @@ class V2Cgroup(Cgroup):
                                      "look for tasks stuck in D state")
 
     def remove(self) -> None:
+        # only the container's own cgroup: the shared parent stays (see the class docstring)
         _remove_cgroup_dir(self.dir, "a cgroup with no tasks left can be removed")
-        self._remove_parent_if_unused()
-
-    def _remove_parent_if_unused(self) -> None:
-        """rmdir <root>/minicontainer once the last container cgroup in it is gone."""
-        try:
-            children = [e for e in os.scandir(self.parent) if e.is_dir(follow_symlinks=False)]
-        except FileNotFoundError:
-            return
-        if children:
-            return
-        try:
-            _remove_cgroup_dir(self.parent, "the last container is gone, so is their shared parent",
-                               timeout=0)
-        except KernelError as exc:
-            # Another container's create may have just made a child in it: keep it then.
-            if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY):
-                raise
 
 
 def open_cgroup(name: str, *, root: str = DEFAULT_ROOT, mode: Mode | None = None,
