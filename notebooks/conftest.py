@@ -25,6 +25,7 @@ import pytest
 # Read by jupyter_core, IPython and matplotlib; none of them may touch $HOME in a test run.
 TOOL_DIRS = ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR")
 ENGINE_DIRS = ("MINICONTAINER_ROOT", "MINICONTAINER_RUN", "MINICONTAINER_CONFIG_DIR")
+LEFTOVER_GRACE = 10.0   # seconds a notebook's last processes get to finish exiting
 
 
 def processes_in_session(sid: int) -> list[int]:
@@ -81,8 +82,14 @@ class NotebookRun:
         """
         if self.kernel_pid is None:
             return {}
-        return {pid: minicontainer_cgroups_of(pid)
-                for pid in processes_in_session(self.kernel_pid) if pid != self.kernel_pid}
+        # a container's setup process may still be exiting (the kernel tears its namespaces
+        # down, slowly on a loaded or emulated machine): give it a moment before calling it a leak
+        deadline = time.monotonic() + LEFTOVER_GRACE
+        while True:
+            pids = [p for p in processes_in_session(self.kernel_pid) if p != self.kernel_pid]
+            if not pids or time.monotonic() > deadline:
+                return {pid: minicontainer_cgroups_of(pid) for pid in pids}
+            time.sleep(0.05)
 
     def finish(self, leftovers: dict[int, set[str]]) -> list[str]:
         """Restore the environment, kill and remove leftovers; return what was left behind."""
