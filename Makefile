@@ -1,11 +1,13 @@
 # Fresh Debian 12 / Ubuntu 22.04+ machine, as root:
 #   make demo   set up if needed, then run a container on the built-in busybox image and print its trace
 #   make test   set up if needed, then run the whole suite, notebooks included
+#   make test-v2  the cgroup, run and sandbox tests and every notebook again, in a qemu guest
+#                 with a real cgroup v2 kernel and systemd as PID 1, like the students' VM
 VENV := .venv
 STAMP := $(VENV)/.provisioned
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench bench-images compile
+.PHONY: setup demo test test-v2 bench bench-images compile
 
 setup: $(STAMP)
 
@@ -22,6 +24,11 @@ demo: compile
 
 test: compile
 	$(PY) -m pytest -q --nbval-lax tests notebooks
+
+# Every test marked v2 (tests/test_cgroups.py, test_run.py, test_sandbox.py, the notebooks)
+# in a guest booted from Debian's kernel with the host's systemd as PID 1: see docs/v2-guest.md.
+test-v2: compile
+	scripts/v2guest/run.sh --timeout 1500 -- $(PY) -m pytest -q --nbval-lax -m v2 tests notebooks
 
 bench: compile
 	$(PY) bench/run_latency.py

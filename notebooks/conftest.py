@@ -164,6 +164,13 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
             pytest.fail(f"{item.parent.name} left things behind: " + "; ".join(problems))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every notebook also runs in the real cgroup v2 guest under systemd (make test-v2)."""
+    for item in items:
+        if _is_notebook_cell(item):
+            item.add_marker(pytest.mark.v2)
+
+
 def pytest_sessionfinish(session: pytest.Session) -> None:
     for path in _tool_root:
         shutil.rmtree(path, ignore_errors=True)

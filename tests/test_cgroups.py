@@ -29,6 +29,9 @@ from minicontainer.trace import PLANNED, planning, recording
 
 MiB = 1 << 20
 
+# every test here also runs in the real cgroup v2 guest (make test-v2)
+pytestmark = pytest.mark.v2
+
 
 def _has_v1_hierarchies() -> bool:
     with open("/proc/self/mountinfo") as f:

@@ -10,6 +10,9 @@ import minicontainer
 from minicontainer.errors import ImageNotFound, InvalidArgument, InvalidReference, MinicontainerError
 from minicontainer.kernel.namespaces import namespace_ids
 
+# every test here also runs in the real cgroup v2 guest (make test-v2)
+pytestmark = pytest.mark.v2
+
 
 def leftover_containers(engine_root) -> list[str]:
     """Container directories, including half-made (.new-*) or half-removed (.rm-*) ones."""

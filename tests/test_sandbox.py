@@ -9,6 +9,9 @@ from minicontainer import Sandbox
 from minicontainer.engine.sandbox import SandboxError
 from minicontainer.kernel.namespaces import namespace_ids
 
+# every test here also runs in the real cgroup v2 guest (make test-v2)
+pytestmark = pytest.mark.v2
+
 
 def test_step_by_step_container_seen_from_the_host_between_steps():
     host = namespace_ids()
