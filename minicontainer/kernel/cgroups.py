@@ -709,9 +709,14 @@ class V2Cgroup(Cgroup):
                                          f"appear: see `systemctl status {SYSTEMD_UNIT}`")
         # "No internal processes": a cgroup that hands controllers to its children may hold
         # no process itself, so the unit's keeper process moves to a leaf of its own.
-        keepers = [] if is_planning() else _procs_in(self.parent)
+        leaf = os.path.join(self.parent, SUPERVISOR)
+        if is_planning():
+            return
+        # systemd makes the unit's cgroup a moment before it moves the process in; enabling
+        # controllers in between would make that move (and the unit) fail
+        _wait_until(lambda: os.path.isdir(leaf) or bool(_procs_in(self.parent)), KILL_TIMEOUT)
+        keepers = _procs_in(self.parent)
         if keepers:
-            leaf = os.path.join(self.parent, SUPERVISOR)
             if not os.path.isdir(leaf):
                 _make_cgroup_dir(leaf, "a leaf for the unit's own process: no internal processes")
             for pid in keepers:
