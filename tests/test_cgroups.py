@@ -273,6 +273,47 @@ def test_v1_limits_are_written_and_read_back(v1):
     assert all(s.why for s in trace)
 
 
+def _unified_host() -> bool:
+    try:
+        return detect_mode() == "unified"
+    except MinicontainerError:
+        return False
+
+
+needs_v2 = pytest.mark.skipif(not _unified_host(), reason="needs a cgroup v2 host (make test-v2 boots one)")
+
+
+@needs_v2
+def test_v2_create_puts_the_container_in_the_shared_parent_with_memory_cpu_pids(real):
+    directory = real.paths()["unified"]
+    assert os.path.dirname(directory) == real.parent
+    assert {"memory", "cpu", "pids"} <= set(Path(directory, "cgroup.controllers").read_text().split())
+    if cgroups.systemd_manages_cgroups():
+        # systemd owns the tree: we live in the unit it delegated to us, and nowhere else
+        assert real.parent == f"/sys/fs/cgroup/system.slice/{cgroups.SYSTEMD_UNIT}"
+        shown = subprocess.run(["systemctl", "show", "-P", "Delegate", cgroups.SYSTEMD_UNIT],
+                               capture_output=True, text=True).stdout.strip()
+        assert shown == "yes"
+        assert Path(real.parent, "cgroup.procs").read_text().split() == []   # no internal processes
+        assert not Path("/sys/fs/cgroup", cgroups.V2_PARENT).exists()
+    else:
+        assert real.parent == f"/sys/fs/cgroup/{cgroups.V2_PARENT}"
+
+
+@needs_v2
+def test_v2_limits_are_written_and_read_back(real):
+    with recording() as trace:
+        real.set_limits(Limits(memory=parse_memory("64m"), cpus=0.5, pids=10))
+    d = real.paths()["unified"]
+    assert Path(d, "memory.max").read_text().strip() == "67108864"
+    if Path(d, "memory.swap.max").exists():
+        assert Path(d, "memory.swap.max").read_text().strip() == "0"
+    assert Path(d, "cpu.max").read_text().strip() == "50000 100000"
+    assert Path(d, "pids.max").read_text().strip() == "10"
+    assert trace[0].call == f'write "67108864" > {d}/memory.max'
+    assert trace[0].evidence == {"read back": "67108864"}
+
+
 @needs_v1
 def test_v1_raising_the_memory_limit_raises_the_swap_limit_first(v1):
     v1.set_limits(Limits(memory=32 * MiB))
