@@ -37,25 +37,30 @@ def _write_procs(files: list[str], pid: int, fds: list[int] | None) -> None:
             os.close(fd)
 
 
-def join_cgroup(procs_files: list[str], pid: int = 0, fds: list[int] | None = None) -> Step:
+def join_cgroup(procs_files: list[str], pid: int = 0, fds: list[int] | None = None,
+                proc_fd: int | None = None) -> Step:
     """Move process ``pid`` (0: the caller) into the container's cgroup in every hierarchy.
 
     Limits apply from then on, to it and to every child it forks. Moving a process takes a
     kernel-wide lock whose first use after a quiet spell waits for an RCU grace period
     (milliseconds), which is why the engine moves PID 1 while PID 1 is busy mounting.
     ``fds`` are the cgroup.procs files opened beforehand (they are closed here): a process
-    sharing the container's mount namespace loses the host's paths once PID 1 has pivoted.
+    sharing the container's mount namespace loses the host's paths once PID 1 has pivoted;
+    for the same reason ``proc_fd`` (the host's /proc, opened beforehand) is where the
+    evidence is read from.
     """
     shown = procs_files[0] if len(procs_files) == 1 else f"{procs_files[0]} (+{len(procs_files) - 1} more)"
     step = Step("cgroup_join", call=f'write "{pid}" > {shown}', shell=f"echo {pid or '$$'} > {shown}",
                 why="a process joins a cgroup (控制组) by writing its pid to cgroup.procs; its children inherit it")
     step.do(_write_procs, procs_files, pid, fds,
-            evidence=lambda: {f"/proc/{pid or 'self'}/cgroup": _cgroups_of(pid)})
+            evidence=lambda: {f"/proc/{pid or 'self'}/cgroup": _cgroups_of(pid, proc_fd)})
     return step
 
 
-def _cgroups_of(pid: int) -> str:
-    with open(f"/proc/{pid or 'self'}/cgroup") as f:
+def _cgroups_of(pid: int, proc_fd: int | None = None) -> str:
+    fd = os.open(f"{pid or 'self'}/cgroup", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd) if proc_fd is not None \
+        else os.open(f"/proc/{pid or 'self'}/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+    with open(fd) as f:
         return "; ".join(line.strip() for line in f if "minicontainer" in line)
 
 

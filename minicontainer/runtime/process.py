@@ -222,11 +222,12 @@ def _setup_child(spec: ContainerSpec, trace_w: int, status_w: int, stdio: tuple[
         joined_r, joined_w = os.pipe2(os.O_CLOEXEC)
         # opened now: once PID 1 has pivoted, our shared mount namespace no longer has these paths
         procs_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in spec.cgroup_procs]
+        proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)   # for the join's evidence
         forked_at = time.monotonic()
         init_pid = _fork()
         if init_pid == 0:
             try:
-                for fd in (joined_w, *procs_fds):
+                for fd in (joined_w, proc_fd, *procs_fds):
                     os.close(fd)
                 record_init_fork(forked_at)
                 for sig in FORWARDED_SIGNALS:  # an ignored signal would stay ignored after execve
@@ -241,7 +242,8 @@ def _setup_child(spec: ContainerSpec, trace_w: int, status_w: int, stdio: tuple[
             os.close(fd)
         _send(status_w, {"init_pid": init_pid})
         if spec.cgroup_procs:
-            join_cgroup(spec.cgroup_procs, init_pid, fds=procs_fds)
+            join_cgroup(spec.cgroup_procs, init_pid, fds=procs_fds, proc_fd=proc_fd)
+        os.close(proc_fd)
         trace.flush()
         os.close(trace_w)  # from now on only the container's init holds the step pipe open
         os.write(joined_w, b"1")
