@@ -759,6 +759,15 @@ def test_v2_without_swap_accounting_no_swap_limit_is_written(tmp_path, monkeypat
     cg.remove()
 
 
+def test_v2_kill_all_of_a_removed_cgroup_does_nothing(fakefs, tmp_path):
+    cg = V2Cgroup("c1", root=str(tmp_path))
+    cg.create()
+    cg.remove()
+    with recording() as trace:
+        cg.kill_all()   # as after a run whose cgroup is already gone
+    assert len(trace) == 0
+
+
 def test_v2_attach_freeze_thaw_and_kill_write_the_cgroup_files(fakefs, tmp_path):
     cg = V2Cgroup("c1", root=str(tmp_path))
     cg.create()

@@ -823,6 +823,8 @@ class V2Cgroup(Cgroup):
             oom_kills=_key_values(_read(self._file("memory.events"))).get("oom_kill", 0))
 
     def kill_all(self) -> None:
+        if not is_planning() and not os.path.isdir(self.dir):
+            return   # already removed: nothing can be left in it
         if not self._kernel_offers("cgroup.kill"):
             self._kill_frozen()   # cgroup.kill appeared in Linux 5.14
             return
