@@ -88,6 +88,8 @@ def test_steps_after_exec_are_refused():
 
 SHARED_ROOT_SANDBOX = """
 import minicontainer
+with open("/proc/self/mountinfo") as f:
+    before = set(f)   # mounts of the host itself (in the v2 guest, / is an overlay too)
 with minicontainer.Sandbox("busybox") as sb:
     sb.unshare("pid", "mnt", "uts", "ipc", "net")
     sb.mount_overlay()
@@ -95,7 +97,7 @@ with minicontainer.Sandbox("busybox") as sb:
     sb.pivot_root()
     assert "linuxrc" in sb.run("ls /").stdout
     with open("/proc/self/mountinfo") as f:
-        leaked = [line for line in f if " overlay " in line or "/rootfs" in line]
+        leaked = [line for line in f if line not in before]
     assert leaked == [], leaked  # nothing the sandbox mounted propagated back to us
 print("ok")
 """
