@@ -297,3 +297,18 @@ def test_init_without_tini_installed_is_a_clear_error_before_anything_is_made(en
         minicontainer.run("busybox", ["true"], init=True)
     assert "apt-get install tini" in str(info.value) and "\n" not in str(info.value)
     assert leftover_containers(engine_root) == []
+
+
+def test_containers_started_at_once_from_separate_clis_all_run(engine_root):
+    """3 CLIs at a time, 12 runs each: no run may fail on the cgroup parent they share."""
+    import subprocess
+    import sys
+
+    minicontainer.run("busybox", ["true"])   # build the image once, before the rush
+    script = "for i in $(seq 12); do \"$0\" -m minicontainer run --rm busybox true || echo \"failed: $?\"; done"
+    workers = [subprocess.Popen(["sh", "-c", script, sys.executable], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outputs = [w.communicate(timeout=600) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0, 0]
+    assert outputs == [("", "")] * 3, "a run failed or printed an error: " + repr(outputs)
+    assert leftover_containers(engine_root) == []
