@@ -211,3 +211,53 @@ def detach_old_root() -> Step:
                 )
     step.do(_detach_old_root, evidence=lambda: {"/ now holds": " ".join(sorted(os.listdir("/"))[:12])})
     return step
+
+
+# runc's default spec: kernel files a container must not read (masked) or change (read-only)
+MASKED_PATHS = ("/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware")
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+
+
+def mask_paths(paths: tuple[str, ...] = MASKED_PATHS) -> Step:
+    """Hide kernel files from the container: /dev/null over a file, an empty read-only tmpfs over a dir."""
+    step = Step("mask_paths", call=f"mount(\"/dev/null\" or \"tmpfs\", …, MS_BIND | MS_RDONLY) on {len(paths)} paths",
+                shell="mount --bind /dev/null /proc/kcore; mount -t tmpfs -o ro tmpfs /proc/acpi; …",
+                why="/proc/kcore (the host's memory), /proc/keys, /proc/timer_list … reveal the host's kernel")
+
+    def mask() -> str:
+        done = []
+        for path in paths:
+            if os.path.isdir(path):
+                sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY)
+            elif os.path.exists(path):
+                sc.mount("/dev/null", path, None, sc.MS_BIND)
+            else:
+                continue   # this kernel has no such file: nothing to hide
+            done.append(path)
+        return "masked " + " ".join(done)
+
+    step.do(mask)
+    return step
+
+
+def readonly_paths(paths: tuple[str, ...] = READONLY_PATHS) -> Step:
+    """Bind each path onto itself, then remount it read-only: readable, never writable."""
+    step = Step("readonly_paths", call=f"mount(path, path, MS_BIND|MS_REC); mount(MS_BIND|MS_REMOUNT|MS_RDONLY) "
+                                       f"on {len(paths)} paths",
+                shell="mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys; …",
+                why="/proc/sys holds host-wide kernel settings (sysctl) and /proc/sysrq-trigger can reboot the host")
+    flags = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+
+    def protect() -> str:
+        done = []
+        for path in paths:
+            if not os.path.exists(path):
+                continue
+            sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
+            sc.mount(None, path, None, flags)
+            done.append(path)
+        return "read-only " + " ".join(done)
+
+    step.do(protect, evidence=lambda: {"/proc/sys": _mount_line("/proc/sys")})
+    return step

@@ -37,11 +37,16 @@ MS_SHARED = 1 << 20
 MNT_DETACH = 2
 
 # x86_64 and aarch64 syscall numbers that glibc 2.36 has no wrapper for
-_SYS = {"x86_64": {"pivot_root": 155, "close_range": 436},
-        "aarch64": {"pivot_root": 41, "close_range": 436}}[os.uname().machine]
+_SYS = {"x86_64": {"pivot_root": 155, "close_range": 436, "capset": 126},
+        "aarch64": {"pivot_root": 41, "close_range": 436, "capset": 91}}[os.uname().machine]
 CLOSE_RANGE_CLOEXEC = 1 << 2
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
+PR_CAPBSET_DROP = 24
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -130,6 +135,49 @@ def close_range_cloexec(first: int) -> None:
 def set_parent_death_signal(sig: int) -> None:
     """prctl(PR_SET_PDEATHSIG): get ``sig`` when the parent dies, so no orphan outlives the engine."""
     _check(libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+def drop_from_bounding_set(cap: int) -> None:
+    """prctl(PR_CAPBSET_DROP): remove a capability from the bounding set, for good.
+
+    The bounding set caps what any later execve can grant, even to root or to a setuid
+    binary; nothing can add a capability back into it. Needs CAP_SETPCAP.
+    """
+    _check(libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0), f"prctl(PR_CAPBSET_DROP, {cap})")
+
+
+def clear_ambient_capabilities() -> None:
+    """prctl(PR_CAP_AMBIENT_CLEAR_ALL): no capability is handed on to non-root programs by execve."""
+    _check(libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def capset(effective: int, permitted: int, inheritable: int) -> None:
+    """capset(2): set the caller's effective, permitted and inheritable capability sets (64-bit masks).
+
+    A process can only lower its permitted set. As root, execve then gives the new program
+    permitted = inheritable | bounding set, which is why both are set to the same list.
+    """
+    header = _CapHeader(_LINUX_CAPABILITY_VERSION_3, 0)
+    data = (_CapData * 2)()
+    for i in range(2):   # version 3 takes the masks as two 32-bit halves
+        data[i].effective = (effective >> (32 * i)) & 0xFFFFFFFF
+        data[i].permitted = (permitted >> (32 * i)) & 0xFFFFFFFF
+        data[i].inheritable = (inheritable >> (32 * i)) & 0xFFFFFFFF
+    _check(0 if libc.syscall(_SYS["capset"], ctypes.byref(header), data) == 0 else -1, "capset")
+
+
+def set_no_new_privs() -> None:
+    """prctl(PR_SET_NO_NEW_PRIVS, 1): execve never grants privileges again (setuid bits and
+    file capabilities are ignored). It is inherited by every child and can't be unset."""
+    _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
 _FLAG_NAMES = [(CLONE_NEWPID, "CLONE_NEWPID"), (CLONE_NEWNS, "CLONE_NEWNS"), (CLONE_NEWUTS, "CLONE_NEWUTS"),

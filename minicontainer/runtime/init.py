@@ -10,7 +10,7 @@ import os
 import stat
 
 from ..errors import MinicontainerError
-from ..kernel import mounts, namespaces, syscalls
+from ..kernel import mounts, namespaces, security, syscalls
 from .. import trace
 from ..trace import Step
 from .spec import ContainerSpec
@@ -18,6 +18,11 @@ from .spec import ContainerSpec
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
 if TYPE_CHECKING:
     from typing import Callable
+
+
+# The mount namespace this module was loaded in: the engine's, or the sandbox helper's
+# before it unshared. Masking /proc files there would hide them from the host itself.
+_HOST_MOUNT_NS = os.stat("/proc/self/ns/mnt").st_ino
 
 
 class ExecError(MinicontainerError):
@@ -103,9 +108,27 @@ def _execve(path: str, args: list[str], env: list[str]) -> None:
         raise ExecError(f"exec: {path!r}: {exc.strerror}", 126) from None
 
 
+def apply_security_profile(spec: ContainerSpec) -> None:
+    """The last steps before exec: hide and protect kernel files, drop capabilities, no_new_privs.
+
+    Masking needs CAP_SYS_ADMIN, so it comes first; after the capabilities are dropped the
+    container's root can't undo any of it (no mount, no remount read-write).
+    """
+    in_own_mount_ns = trace.is_planning() or os.stat("/proc/self/ns/mnt").st_ino != _HOST_MOUNT_NS
+    if in_own_mount_ns:
+        if spec.masked_paths:
+            mounts.mask_paths(spec.masked_paths)
+        if spec.readonly_paths:
+            mounts.readonly_paths(spec.readonly_paths)
+    security.drop_capabilities(spec.capabilities)
+    if spec.no_new_privileges:
+        security.no_new_privileges()
+
+
 def exec_command(spec: ContainerSpec, stdio: tuple[int, int, int] | None = None) -> None:
-    """chdir, set stdio, close every other fd on exec, then execve: the process becomes the command."""
+    """Apply the security profile, chdir, set stdio, close every other fd on exec, then execve."""
     if trace.is_planning():
+        apply_security_profile(spec)
         Step("execve", call=f"execve({spec.args[0] if spec.args else '?'!r}, {spec.args!r}, env[{len(spec.env)}])",
              shell=" ".join(spec.args), why="the init process replaces itself with the command").do(lambda: None)
         return
@@ -120,6 +143,7 @@ def exec_command(spec: ContainerSpec, stdio: tuple[int, int, int] | None = None)
         for target, fd in enumerate(stdio):
             if fd != target:
                 os.dup2(fd, target)
+    apply_security_profile(spec)
     syscalls.close_range_cloexec(3)
     step = Step("execve", call=f"execve({path!r}, {spec.args!r}, env[{len(spec.env)}])",
                 shell=" ".join(spec.args),

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..kernel.mounts import Volume
+from ..kernel.mounts import MASKED_PATHS, READONLY_PATHS, Volume
 from ..kernel.namespaces import DEFAULT_NAMESPACES
+from ..kernel.security import DEFAULT_CAPABILITIES
 
 
 @dataclass
@@ -24,6 +25,12 @@ class ContainerSpec:
     volumes: list[Volume] = field(default_factory=list)
     readonly: bool = False
     cgroup_procs: list[str] = field(default_factory=list)   # cgroup.procs files to join
+    # the security profile (the OCI spec's process.capabilities, noNewPrivileges,
+    # linux.maskedPaths and linux.readonlyPaths)
+    capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
+    no_new_privileges: bool = True
+    masked_paths: tuple[str, ...] = MASKED_PATHS
+    readonly_paths: tuple[str, ...] = READONLY_PATHS
 
     def path_env(self) -> str:
         for item in self.env:

@@ -1,0 +1,84 @@
+"""Taking power away from a container's root: capabilities and no_new_privs.
+
+Root in a container is root on the host unless the runtime takes its powers away. Linux
+splits root's power into about 40 **capabilities (能力)**: CAP_SYS_ADMIN may mount,
+CAP_SYS_MODULE may load kernel modules, CAP_SYS_TIME may set the clock, and so on. A
+container keeps only a short list (Docker's default), dropped from the *bounding set* so
+that no later execve, setuid binary or file capability can give the rest back.
+"""
+from __future__ import annotations
+
+from ..kernel import syscalls
+from ..trace import Step
+
+# Every capability the kernel knows, by number (include/uapi/linux/capability.h).
+CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT",
+    "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN",
+    "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE")
+
+# Docker's default set is these 13 plus CAP_MKNOD. CAP_MKNOD stays out until the device
+# cgroup (the allow-list that makes a device node useless unless it is /dev/null & co.)
+# is enforced: without it, a node for the host's disk would give raw access to it.
+DEFAULT_CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_NET_RAW", "CAP_SETGID",
+    "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
+    "CAP_AUDIT_WRITE")
+
+
+def last_capability() -> int:
+    """The highest capability number this kernel knows (/proc/sys/kernel/cap_last_cap)."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        return int(f.read())
+
+
+def capability_mask(names: tuple[str, ...] | list[str]) -> int:
+    """The 64-bit mask the kernel uses (CapEff in /proc/PID/status) for these capability names."""
+    return sum(1 << CAPABILITIES.index(name) for name in names)
+
+
+def capability_names(mask: int) -> list[str]:
+    """Decode a mask such as CapEff's hex value into names."""
+    return [name for i, name in enumerate(CAPABILITIES) if mask >> i & 1]
+
+
+def _status_lines(*keys: str) -> dict[str, str]:
+    with open("/proc/self/status") as f:
+        return {k: v.strip() for k, v in (line.split(":", 1) for line in f) if k in keys}
+
+
+def drop_capabilities(keep: tuple[str, ...] | list[str] = DEFAULT_CAPABILITIES) -> Step:
+    """Keep only ``keep``: drop the rest from the bounding set, then capset and clear ambient."""
+    keep_mask = capability_mask(keep)
+    step = Step("drop_capabilities",
+                call=f"prctl(PR_CAPBSET_DROP, …) for {last_capability() + 1 - len(keep)} capabilities; "
+                     f"capset(effective=permitted=inheritable={keep_mask:#x}); prctl(PR_CAP_AMBIENT_CLEAR_ALL)",
+                shell=f"setpriv --bounding-set=-all,{','.join('+' + c[4:].lower() for c in keep)} "
+                      f"--inh-caps=-all,{','.join('+' + c[4:].lower() for c in keep)} --ambient-caps=-all …",
+                why="root in the container keeps only these capabilities (能力): no mount, no module loading, "
+                    "no raw disk or kernel-log access")
+
+    def drop() -> str:
+        for cap in range(last_capability() + 1):
+            if not keep_mask >> cap & 1:
+                syscalls.drop_from_bounding_set(cap)
+        syscalls.capset(keep_mask, keep_mask, keep_mask)
+        syscalls.clear_ambient_capabilities()
+        return f"kept {len(keep)}: {', '.join(c[4:].lower() for c in keep)}"
+
+    step.do(drop, evidence=lambda: _status_lines("CapBnd", "CapEff"))
+    return step
+
+
+def no_new_privileges() -> Step:
+    """Set no_new_privs: no execve after this can gain privileges (setuid root, file capabilities)."""
+    step = Step("no_new_privs", call="prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)",
+                shell="setpriv --no-new-privs …",
+                why="a setuid binary in the image can't raise privileges again; children inherit it")
+    step.do(syscalls.set_no_new_privs, evidence=lambda: _status_lines("NoNewPrivs"))
+    return step
