@@ -133,22 +133,26 @@ def test_images_lists_the_builtin_busybox():
 def test_version_names_the_cgroup_mode():
     done = mc("version")
     assert done.returncode == 0
-    assert "minicontainer 0.1.0" in done.stdout and "hybrid" in done.stdout
+    from minicontainer.kernel.cgroups import detect_mode
+
+    assert "minicontainer 0.1.0" in done.stdout and detect_mode() in done.stdout   # hybrid here, unified in the v2 guest
 
 
 def test_whole_run_works_when_root_is_shared_like_on_a_systemd_host():
     # The students' VM has / shared (systemd); this machine doesn't. Reproduce it in a
     # throwaway mount namespace: without MS_PRIVATE first, pivot_root would fail with EINVAL
     # and the container's mounts would propagate back here.
-    script = ("mount --make-rshared / && "
+    script = ("mount --make-rshared / && grep -c overlay /proc/self/mountinfo; "
               f"{' '.join(CLI)} run --rm busybox sh -c 'echo inside' && "
-              "grep -c overlay /proc/self/mountinfo || true")
+              "grep -c overlay /proc/self/mountinfo; true")
     done = subprocess.run(["unshare", "--mount", "--propagation", "unchanged", "sh", "-c", script],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    inside, overlays = done.stdout.split()
+    before, inside, after = done.stdout.split()
     assert inside == "inside"
-    assert overlays == "0"  # no container mount propagated back into the (shared) parent namespace
+    # no container mount propagated back into the (shared) parent namespace (in the v2
+    # guest, / itself is an overlay: hence counting before and after)
+    assert after == before
 
 
 def test_image_verbs_tag_history_inspect_save_rmi_load_round_trip(tmp_path):

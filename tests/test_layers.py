@@ -20,6 +20,7 @@ import pytest
 import zstandard
 
 import hostile_tars as ht
+from fs_features import needs_user_xattrs
 from hostile_tars import dir_, hardlink, member, snapshot, symlink, write_tar
 from minicontainer.errors import LayerError
 from minicontainer.image.layers import (MEDIA_TYPES, LayerResult, apply_layer, diff_layer,
@@ -211,6 +212,7 @@ def test_a_refused_entry_is_recorded_as_a_failed_step(blobs, tmp_path):
 # ---- entry types and metadata -------------------------------------------------------------------
 
 def test_apply_restores_types_modes_owners_mtimes_and_xattrs(blobs, tmp_path):
+    needs_user_xattrs(tmp_path)
     members = [
         member("usr/bin/tool", data=b"#!/bin/sh\n", mode=0o4755, uid=1000, gid=1001,
                pax={"mtime": "1600000000.123456789", "SCHILY.xattr.user.origin": "layer1",
@@ -489,6 +491,8 @@ HOSTILE = [(build, how) for build in ht.CASES for how in ("flatten", "overlay", 
 @pytest.mark.parametrize("build,how", HOSTILE,
                          ids=[f"{b.__name__.removeprefix('case_')}-{how}" for b, how in HOSTILE])
 def test_a_hostile_layer_changes_nothing_outside_its_target(tmp_path, build, how):
+    if "xattr" in build.__name__:
+        needs_user_xattrs(tmp_path)
     outside = tmp_path / "outside"
     ht.make_sentinel(outside)
     case = build(tmp_path / "blobs", outside)
@@ -535,6 +539,7 @@ def make_upper_by_hand(upper: Path) -> None:
 
 
 def test_diff_layer_converts_overlay_whiteouts_and_opaque_dirs_to_oci_entries(tmp_path):
+    needs_user_xattrs(tmp_path)
     upper = tmp_path / "upper"
     make_upper_by_hand(upper)
     result = diff_layer(upper, tmp_path / "out" / "layer.tar", compression="none")
@@ -557,6 +562,7 @@ def test_diff_layer_converts_overlay_whiteouts_and_opaque_dirs_to_oci_entries(tm
 
 @pytest.mark.parametrize("how", ["gzip", "zstd"])
 def test_diff_layer_is_deterministic_and_reports_both_digests(tmp_path, how):
+    needs_user_xattrs(tmp_path)
     upper = tmp_path / "upper"
     make_upper_by_hand(upper)
     a = diff_layer(upper, tmp_path / "a.blob", compression=how)
@@ -577,6 +583,7 @@ def test_diff_layer_refuses_an_upper_dir_that_uses_redirect_dir(tmp_path):
 
 
 def test_diff_layer_records_a_step(tmp_path):
+    needs_user_xattrs(tmp_path)
     upper = tmp_path / "upper"
     make_upper_by_hand(upper)
     with recording() as trace:
