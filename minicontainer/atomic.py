@@ -53,3 +53,16 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def make_private_dir(path: str | os.PathLike) -> None:
+    """Create ``path`` (and its parents) as a directory only root can enter: mode 0700.
+
+    The engine's state holds image layers, and a layer may carry device nodes (a 0666
+    /dev/kmsg, a disk) or setuid binaries. Behind a 0700 directory no other host user
+    can reach them, whatever their own modes say.
+    """
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.stat().st_mode & 0o077:   # made earlier by someone else, or by an older version
+        os.chmod(path, 0o700)

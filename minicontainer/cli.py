@@ -38,6 +38,12 @@ def _add_run(sub) -> None:
     r.add_argument("--rm", action="store_true", help="remove the container when it exits")
     r.add_argument("--init", action="store_true",
                    help="run a tiny init (tini) as PID 1 that forwards signals and reaps zombies")
+    r.add_argument("--privileged", action="store_true",
+                   help="give the container every capability and unmask the kernel's files (unsafe)")
+    r.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability, e.g. NET_ADMIN, or ALL")
+    r.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability, e.g. CHOWN, or ALL")
+    r.add_argument("--security-opt", action="append", default=[], metavar="OPT",
+                   help="no-new-privileges[=true|false]")
     show = r.add_mutually_exclusive_group()
     show.add_argument("--trace", action="store_true", help="print every kernel step afterwards (to stderr)")
     show.add_argument("--explain", action="store_true", help="print the steps a run would take, run nothing")
@@ -141,7 +147,8 @@ def cmd_run(a: argparse.Namespace) -> int:
     from .engine.run import RunOptions, plan, run_foreground
 
     kwargs = dict(name=a.name, hostname=a.hostname, env=a.env, volumes=a.volume, workdir=a.workdir,
-                  memory=a.memory, cpus=a.cpus, pids_limit=a.pids_limit, readonly=a.read_only, init=a.init)
+                  memory=a.memory, cpus=a.cpus, pids_limit=a.pids_limit, readonly=a.read_only, init=a.init,
+                  privileged=a.privileged, cap_add=a.cap_add, cap_drop=a.cap_drop, security_opt=a.security_opt)
     if a.explain:
         print(plan(a.image, a.cmd, **kwargs).text())
         return 0

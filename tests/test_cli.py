@@ -199,3 +199,12 @@ def test_push_pull_login_logout_against_a_private_registry(engine_root):
         assert ref.split("/", 1)[1].split(":")[0] in mc("images").stdout
         assert mc("logout", host).stdout.startswith("Removing login credentials")
         assert not (engine_root.parent / "config" / "auth.json").read_text().count(host)
+
+
+def test_security_flags_reach_the_container():
+    done = mc("run", "--rm", "--cap-drop", "ALL", "--security-opt", "no-new-privileges=false",
+              "busybox", "grep", "-E", "^(CapEff|NoNewPrivs)", "/proc/self/status")
+    assert done.stdout.split() == ["CapEff:", "0000000000000000", "NoNewPrivs:", "0"], done.stderr
+    refused = mc("run", "--rm", "--cap-add", "BOGUS", "busybox", "true")
+    assert refused.returncode == 125 and refused.stderr.startswith("minicontainer: unknown capability 'BOGUS'")
+    assert "Traceback" not in refused.stderr and refused.stderr.count("\n") == 1

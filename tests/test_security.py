@@ -6,10 +6,12 @@ root, what a student trying to take over the host would try.
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
 import minicontainer
+from minicontainer.errors import InvalidArgument, MinicontainerError
 from minicontainer.kernel.security import CAPABILITIES, DEFAULT_CAPABILITIES, capability_names
 
 # these also run in the real cgroup v2 guest (make test-v2)
@@ -87,3 +89,48 @@ def test_a_sandbox_exec_gets_the_same_profile():
     assert "mount: permission denied" in done.stderr
     assert capability_names(int(done.stdout.split()[1], 16)) == capability_names(
         int(minicontainer.run("busybox", "grep CapEff /proc/self/status").stdout.split()[1], 16))
+
+
+def _capabilities_seen(**options) -> list[str]:
+    result = minicontainer.run("busybox", "grep CapEff /proc/self/status", **options)
+    return capability_names(int(result.stdout.split()[1], 16))
+
+
+def test_cap_drop_and_cap_add_change_the_set_as_dockers_flags_do():
+    assert _capabilities_seen(cap_drop=["ALL"]) == []
+    assert _capabilities_seen(cap_drop=["all"], cap_add=["net_bind_service"]) == ["CAP_NET_BIND_SERVICE"]
+    assert "CAP_CHOWN" not in _capabilities_seen(cap_drop=["CHOWN"])
+    assert "CAP_SYS_TIME" in _capabilities_seen(cap_add=["CAP_SYS_TIME"])
+    chown = minicontainer.run("busybox", "touch /tmp/f; chown 1 /tmp/f", cap_drop=["CHOWN"])
+    assert chown.exit_code == 1 and "Operation not permitted" in chown.stderr   # root, yet refused
+
+
+def test_privileged_gives_every_capability_the_engine_has_and_unmasks_the_kernel():
+    with open("/proc/self/status") as f:
+        engine = capability_names(int(_status(f.read(), "CapPrm"), 16))
+    result = minicontainer.run("busybox", "grep CapEff /proc/self/status; mount -t tmpfs x /tmp && echo mounted",
+                               privileged=True)
+    assert capability_names(int(result.stdout.split()[1], 16)) == engine
+    assert "mounted" in result.stdout       # what the defaults refuse, --privileged allows
+    assert "mask_paths" not in result.trace.names() and "readonly_paths" not in result.trace.names()
+
+
+def test_no_new_privileges_can_be_lifted_and_other_security_opts_are_refused_by_name(engine_root):
+    result = minicontainer.run("busybox", "grep NoNewPrivs /proc/self/status", security_opt=["no-new-privileges=false"])
+    assert result.stdout.split() == ["NoNewPrivs:", "0"]
+    with pytest.raises(MinicontainerError, match="unsupported --security-opt 'seccomp=unconfined'"):
+        minicontainer.run("busybox", ["true"], security_opt=["seccomp=unconfined"])
+    with pytest.raises(InvalidArgument, match="unknown capability 'FOO'"):
+        minicontainer.run("busybox", ["true"], cap_add=["FOO"])
+    made = engine_root / "containers"
+    left = [p.name for p in made.iterdir() if p.name != ".lock"] if made.exists() else []
+    assert left == []   # refused before anything was created
+
+
+def test_the_engines_state_is_closed_to_other_host_users(engine_root):
+    minicontainer.run("busybox", ["true"])
+    assert engine_root.stat().st_mode & 0o777 == 0o700
+    layer = next((engine_root / "layers/sha256").iterdir())
+    probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "ls", str(layer)],
+                           capture_output=True, text=True)
+    assert probe.returncode != 0 and "Permission denied" in probe.stderr, probe

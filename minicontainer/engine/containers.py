@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which co
 if TYPE_CHECKING:
     from typing import Any
 
-from ..atomic import file_lock, write_json_atomic
+from ..atomic import file_lock, make_private_dir, write_json_atomic
 from ..errors import InvalidArgument, StateError
 from .paths import containers_dir, run_dir
 
@@ -59,6 +59,9 @@ class ContainerRecord:
     cpus: float | None = None
     pids_limit: int | None = None
     init: bool = False
+    privileged: bool = False
+    capabilities: list[str] = field(default_factory=list)
+    no_new_privileges: bool = True
     created_at: float = 0.0
 
     @property
@@ -84,7 +87,9 @@ class ContainerRecord:
     def write_state(self, state: ContainerState) -> None:
         """Running and paused go to the volatile run dir; created and exited are made durable."""
         if state.status in ("running", "paused"):
-            self.runtime_state_file.parent.mkdir(parents=True, exist_ok=True)
+            if not self.runtime_state_file.parent.is_dir():
+                make_private_dir(run_dir())
+                self.runtime_state_file.parent.mkdir(exist_ok=True)
             write_json_atomic(self.runtime_state_file, asdict(state), durable=False)
             return
         write_json_atomic(self.dir / "state.json", asdict(state))
@@ -103,6 +108,7 @@ def create_record(*, durable: bool = True, **fields: Any) -> ContainerRecord:
     the write is still atomic, but a power cut may lose the record, as it would the container.
     """
     base = containers_dir()
+    make_private_dir(base.parent)
     base.mkdir(parents=True, exist_ok=True)
     with file_lock(base / ".lock"):
         name = fields.get("name") or ""

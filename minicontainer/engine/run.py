@@ -19,6 +19,7 @@ from ..image.reference import parse_reference
 from ..image.store import BUILTIN_REF, Image, ImageStore, host_platform
 from ..kernel.cgroups import Cgroup, CgroupStats, Limits, open_cgroup, parse_cpus, parse_memory
 from ..kernel.mounts import Volume
+from ..kernel.security import DEFAULT_CAPABILITIES, choose_capabilities
 from ..runtime.process import FORWARDED_SIGNALS, ContainerProcess, start_container
 from ..runtime.spec import ContainerSpec
 from ..trace import Step, Trace
@@ -44,13 +45,17 @@ class RunOptions:
     readonly: bool = False
     remove: bool = False
     init: bool = False        # --init: a tiny init as PID 1 that forwards signals and reaps zombies
+    privileged: bool = False  # every capability, no masked or read-only paths
+    capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
+    no_new_privileges: bool = True
 
     @classmethod
     def parse(cls, image: str, args: list[str] | str | None = None, *, name: str = "", hostname: str = "",
               env: list[str] | dict[str, str] | None = None, volumes: list[str] | None = None, workdir: str = "",
               memory: str | int | None = None, cpus: str | float | None = None,
               pids_limit: int | None = None, readonly: bool = False, remove: bool = False,
-              init: bool = False) -> "RunOptions":
+              init: bool = False, privileged: bool = False, cap_add: list[str] | None = None,
+              cap_drop: list[str] | None = None, security_opt: list[str] | None = None) -> "RunOptions":
         """Validate user input before anything is created."""
         if isinstance(args, str):
             args = ["sh", "-c", args]
@@ -66,12 +71,15 @@ class RunOptions:
         parse_reference(image)  # a malformed reference fails here, before anything exists
         if init:
             host_init_binary()   # a missing tini fails here too
+        capabilities = choose_capabilities(cap_add or [], cap_drop or [], privileged)
+        no_new_privileges = parse_security_opts(security_opt or [])
         return cls(image=image, args=list(args or []), name=name, hostname=hostname, env=list(env or []),
                    volumes=[Volume.parse(v) for v in volumes or []], workdir=workdir,
                    memory=parse_memory(memory) if memory is not None else None,
                    cpus=parse_cpus(cpus) if cpus is not None else None,
                    pids_limit=int(pids_limit) if pids_limit is not None else None,
-                   readonly=readonly, remove=remove, init=bool(init))
+                   readonly=readonly, remove=remove, init=bool(init), privileged=bool(privileged),
+                   capabilities=capabilities, no_new_privileges=no_new_privileges)
 
     @property
     def limits(self) -> Limits:
@@ -104,6 +112,23 @@ class RunResult:
 # container at the path Docker uses, runs as PID 1 and starts the command as its child.
 HOST_INIT = "/usr/bin/tini-static"      # Debian's tini package
 INIT_PATH = "/sbin/docker-init"
+
+
+def parse_security_opts(options: list[str]) -> bool:
+    """--security-opt values, as Docker spells them; returns whether no_new_privs is set.
+
+    Only no-new-privileges is understood so far; anything else is refused by name rather
+    than silently ignored.
+    """
+    no_new_privileges = True
+    for option in options:
+        key, _, value = option.partition("=") if "=" in option else option.partition(":")
+        if key == "no-new-privileges" and value in ("", "true", "false"):
+            no_new_privileges = value != "false"
+        else:
+            raise MinicontainerError(f"unsupported --security-opt {option!r}: only no-new-privileges[=true|false] "
+                                     "is supported so far (seccomp and apparmor are not)")
+    return no_new_privileges
 
 
 def host_init_binary() -> str:
@@ -154,10 +179,14 @@ def spec_for(record: ContainerRecord, image: Image, lowers: list[str], opts: Run
     env = _merge_env(cfg.get("Env") or [], opts.env)
     if not any(e.startswith("HOSTNAME=") for e in env):
         env.append(f"HOSTNAME={opts.hostname or record.id[:12]}")
-    return ContainerSpec(id=record.id, args=args, rootfs=str(record.dir / "rootfs"), lowers=lowers,
+    spec = ContainerSpec(id=record.id, args=args, rootfs=str(record.dir / "rootfs"), lowers=lowers,
                          upper=str(record.dir / "upper"), work=str(record.dir / "work"), env=env,
                          cwd=opts.workdir or cfg.get("WorkingDir") or "/",
-                         hostname=opts.hostname or record.id[:12], volumes=volumes, readonly=opts.readonly)
+                         hostname=opts.hostname or record.id[:12], volumes=volumes, readonly=opts.readonly,
+                         capabilities=opts.capabilities, no_new_privileges=opts.no_new_privileges)
+    if opts.privileged:   # as Docker's --privileged: nothing of the kernel is hidden or protected
+        spec.masked_paths, spec.readonly_paths = (), ()
+    return spec
 
 
 def _merge_env(image_env: list[str], user_env: list[str]) -> list[str]:
@@ -176,7 +205,8 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
                            args=opts.args, env=opts.env, cwd=opts.workdir, hostname=opts.hostname,
                            volumes=[f"{v.source}:{v.target}{':ro' if v.readonly else ''}" for v in opts.volumes],
                            readonly=opts.readonly, memory=opts.memory, cpus=opts.cpus, pids_limit=opts.pids_limit,
-                           init=opts.init,
+                           init=opts.init, privileged=opts.privileged, capabilities=list(opts.capabilities),
+                           no_new_privileges=opts.no_new_privileges,
                            durable=not opts.remove)
     cgroup = open_cgroup(cgroup_name(record.id))
     try:

@@ -22,7 +22,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which co
 if TYPE_CHECKING:
     from typing import Any, BinaryIO, Iterable
 
-from ..atomic import file_lock, write_atomic, write_json_atomic
+from ..atomic import file_lock, make_private_dir, write_atomic, write_json_atomic
 from ..errors import ImageNotFound, LayerError, MinicontainerError
 
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -94,6 +94,7 @@ class ImageStore:
         self.blobs = self.layout / "blobs" / "sha256"
         self.layers_dir = self.root / "layers" / "sha256"
         self.tmp = self.root / "tmp"
+        make_private_dir(self.root)   # layers may hold device nodes: no other user may reach them
         for d in (self.blobs, self.layers_dir, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
         if not (self.layout / "oci-layout").exists():

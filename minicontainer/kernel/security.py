@@ -8,6 +8,7 @@ that no later execve, setuid binary or file capability can give the rest back.
 """
 from __future__ import annotations
 
+from ..errors import InvalidArgument
 from ..kernel import syscalls
 from ..trace import Step
 
@@ -47,14 +48,49 @@ def capability_names(mask: int) -> list[str]:
     return [name for i, name in enumerate(CAPABILITIES) if mask >> i & 1]
 
 
+def parse_capability(text: str) -> str:
+    """"net_admin", "NET_ADMIN" or "CAP_NET_ADMIN" -> "CAP_NET_ADMIN"; "all" -> "ALL"."""
+    name = text.strip().upper()
+    if name == "ALL":
+        return name
+    name = name if name.startswith("CAP_") else "CAP_" + name
+    if name not in CAPABILITIES:
+        raise InvalidArgument(f"unknown capability {text!r}: use a name from capabilities(7) such as "
+                              "NET_ADMIN or SYS_TIME, or ALL")
+    return name
+
+
+def choose_capabilities(add: list[str] | tuple[str, ...] = (), drop: list[str] | tuple[str, ...] = (),
+                        privileged: bool = False) -> tuple[str, ...]:
+    """The capabilities a container keeps, as Docker decides them.
+
+    ``--privileged`` keeps all of them. Otherwise the default set, with ``--cap-drop``
+    removed and ``--cap-add`` added; ``ALL`` in either means every capability.
+    """
+    known = CAPABILITIES[:last_capability() + 1]
+    if privileged:
+        return known
+    add = [parse_capability(c) for c in add]
+    drop = [parse_capability(c) for c in drop]
+    keep = set(known) if "ALL" in add else set(DEFAULT_CAPABILITIES)
+    keep = set() if "ALL" in drop else keep - set(drop)
+    keep |= {c for c in add if c != "ALL"}
+    return tuple(c for c in known if c in keep)
+
+
 def _status_lines(*keys: str) -> dict[str, str]:
     with open("/proc/self/status") as f:
         return {k: v.strip() for k, v in (line.split(":", 1) for line in f) if k in keys}
 
 
 def drop_capabilities(keep: tuple[str, ...] | list[str] = DEFAULT_CAPABILITIES) -> Step:
-    """Keep only ``keep``: drop the rest from the bounding set, then capset and clear ambient."""
-    keep_mask = capability_mask(keep)
+    """Keep only ``keep``: drop the rest from the bounding set, then capset and clear ambient.
+
+    Nobody can gain a capability it doesn't have, so ``keep`` is cut to what this process
+    holds (--privileged on a host that withholds some, say CAP_SYS_RESOURCE, gets the rest).
+    """
+    keep_mask = capability_mask(keep) & int(_status_lines("CapPrm")["CapPrm"], 16)
+    keep = capability_names(keep_mask)
     step = Step("drop_capabilities",
                 call=f"prctl(PR_CAPBSET_DROP, …) for {last_capability() + 1 - len(keep)} capabilities; "
                      f"capset(effective=permitted=inheritable={keep_mask:#x}); prctl(PR_CAP_AMBIENT_CLEAR_ALL)",
