@@ -144,13 +144,17 @@ def cmd_registry_htpasswd(a: argparse.Namespace) -> int:
 
 
 def cmd_run(a: argparse.Namespace) -> int:
-    from .engine.run import RunOptions, plan, run_foreground
+    from .engine.run import RunOptions, plan, plan_config, run_foreground
 
     kwargs = dict(name=a.name, hostname=a.hostname, env=a.env, volumes=a.volume, workdir=a.workdir,
                   memory=a.memory, cpus=a.cpus, pids_limit=a.pids_limit, readonly=a.read_only, init=a.init,
                   privileged=a.privileged, cap_add=a.cap_add, cap_drop=a.cap_drop, security_opt=a.security_opt)
     if a.explain:
+        import json
+
         print(plan(a.image, a.cmd, **kwargs).text())
+        print("\nconfig.json (the OCI runtime spec the runtime would be given; <id> is the container's id):")
+        print(json.dumps(plan_config(a.image, a.cmd, **kwargs), indent=2))
         return 0
     opts = RunOptions.parse(a.image, a.cmd, remove=a.rm, **kwargs)
     state, trace, _ = run_foreground(opts)

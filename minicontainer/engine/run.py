@@ -21,6 +21,7 @@ from ..kernel.cgroups import Cgroup, CgroupStats, Limits, open_cgroup, parse_cpu
 from ..kernel.mounts import Volume
 from ..kernel.security import DEFAULT_CAPABILITIES, choose_capabilities
 from ..runtime.process import FORWARDED_SIGNALS, ContainerProcess, start_container
+from ..runtime.oci import read_bundle, spec_to_config, write_bundle
 from ..runtime.spec import ContainerSpec
 from ..trace import Step, Trace
 from .containers import ContainerRecord, ContainerState, create_record, remove_record
@@ -214,11 +215,19 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
         cgroup.create()
         cgroup.set_limits(opts.limits)
         spec.cgroup_procs = cgroup.procs_files()
+        # the OCI bundle: the runtime runs what config.json says, and nothing else
+        write_bundle(record.dir / "bundle", oci_config(spec, opts), durable=not opts.remove)
+        spec = read_bundle(record.dir / "bundle", record.id)
     except BaseException:
         cgroup.remove()
         remove_record(record)
         raise
     return record, spec, cgroup
+
+
+def oci_config(spec: ContainerSpec, opts: RunOptions) -> dict:
+    """The container's OCI runtime config.json (see runtime/oci.py)."""
+    return spec_to_config(spec, memory=opts.memory, cpus=opts.cpus, pids=opts.pids_limit)
 
 
 def finish(record: ContainerRecord, cgroup: Cgroup, proc: ContainerProcess | None,
@@ -358,12 +367,8 @@ def run_foreground(opts: RunOptions) -> tuple[ContainerState, Trace, ContainerRe
     return state, tr, record
 
 
-def plan(image: str = "busybox", cmd: list[str] | str | None = None, **options) -> Trace:
-    """List the steps a run would take, without taking them (``--explain``)."""
-    from ..runtime.init import container_init, join_cgroup
-    from ..kernel.namespaces import unshare_namespaces
-
-    opts = RunOptions.parse(image, cmd, **options)
+def _planned_spec(opts: RunOptions) -> ContainerSpec:
+    """The spec a run of ``opts`` would use, with "<id>" where the container id will go."""
     store = ImageStore(engine_root())
     image_obj = get_image(store, opts.image)
     lowers = [str(store.layer_dir(d)) for d in image_obj.diff_ids][::-1]
@@ -371,6 +376,24 @@ def plan(image: str = "busybox", cmd: list[str] | str | None = None, **options) 
                            args=opts.args, env=opts.env)
     spec = spec_for(fake, image_obj, lowers, opts)
     spec.rootfs, spec.upper, spec.work = (f"{engine_root()}/containers/<id>/{d}" for d in ("rootfs", "upper", "work"))
+    return spec
+
+
+def plan_config(image: str = "busybox", cmd: list[str] | str | None = None, **options) -> dict:
+    """The config.json a run would write (``--explain`` prints it), without running anything."""
+    opts = RunOptions.parse(image, cmd, **options)
+    spec = _planned_spec(opts)
+    spec.cgroup_procs = open_cgroup("ID").procs_files()
+    return oci_config(spec, opts)
+
+
+def plan(image: str = "busybox", cmd: list[str] | str | None = None, **options) -> Trace:
+    """List the steps a run would take, without taking them (``--explain``)."""
+    from ..runtime.init import container_init, join_cgroup
+    from ..kernel.namespaces import unshare_namespaces
+
+    opts = RunOptions.parse(image, cmd, **options)
+    spec = _planned_spec(opts)
     with trace.planning() as tr:
         cgroup = open_cgroup("ID")  # planning: nothing is created
         cgroup.create()
