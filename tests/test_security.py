@@ -78,6 +78,7 @@ def test_kernel_files_that_reveal_the_host_are_masked():
 
 def test_a_sandbox_exec_gets_the_same_profile():
     with minicontainer.Sandbox("busybox") as sb:
+        early = sb.run("grep -E '^(CapEff|NoNewPrivs)' /proc/self/status").stdout   # sb.run too, at any step
         sb.unshare("pid", "mnt", "uts", "ipc", "net")
         sb.mount_overlay()
         sb.mount_proc()
@@ -87,6 +88,7 @@ def test_a_sandbox_exec_gets_the_same_profile():
         done = sb.exec("grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; mount -t tmpfs x /tmp; echo mount=$?")
     assert "NoNewPrivs:\t1" in done.stdout and "mount=1" in done.stdout, done.stdout
     assert "mount: permission denied" in done.stderr
+    assert early.split() == done.stdout.split()[:4], (early, done.stdout)
     assert capability_names(int(done.stdout.split()[1], 16)) == capability_names(
         int(minicontainer.run("busybox", "grep CapEff /proc/self/status").stdout.split()[1], 16))
 

@@ -100,15 +100,23 @@ def drop_capabilities(keep: tuple[str, ...] | list[str] = DEFAULT_CAPABILITIES) 
                     "no raw disk or kernel-log access")
 
     def drop() -> str:
-        for cap in range(last_capability() + 1):
-            if not keep_mask >> cap & 1:
-                syscalls.drop_from_bounding_set(cap)
-        syscalls.capset(keep_mask, keep_mask, keep_mask)
-        syscalls.clear_ambient_capabilities()
+        restrict(keep_mask, no_new_privs=False)
         return f"kept {len(keep)}: {', '.join(c[4:].lower() for c in keep)}"
 
     step.do(drop, evidence=lambda: _status_lines("CapBnd", "CapEff"))
     return step
+
+
+def restrict(keep_mask: int, *, no_new_privs: bool) -> None:
+    """The syscalls of drop_capabilities (and no_new_privs), with no Step: for a forked child
+    just before it execs, where a Step would have nowhere to go."""
+    for cap in range(last_capability() + 1):
+        if not keep_mask >> cap & 1:
+            syscalls.drop_from_bounding_set(cap)
+    syscalls.capset(keep_mask, keep_mask, keep_mask)
+    syscalls.clear_ambient_capabilities()
+    if no_new_privs:
+        syscalls.set_no_new_privs()
 
 
 def no_new_privileges() -> Step:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 from .. import trace
-from ..kernel import mounts, namespaces
+from ..kernel import mounts, namespaces, security
 from ..kernel.mounts import Volume
 from ..trace import Step
 from . import init
@@ -38,11 +38,23 @@ def _unshare(kinds: list[str]) -> dict:
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
-def _run(args: list[str], env: list[str], cwd: str) -> dict:
+# what this helper itself may hand on: capset can't grant what the process lacks
+with open("/proc/self/status") as _f:
+    _own_permitted = int(next(line for line in _f if line.startswith("CapPrm:")).split()[1], 16)
+
+
+def _run(args: list[str], env: list[str], cwd: str, spec: ContainerSpec) -> dict:
     """Fork and exec a command inside the sandbox, capturing its output."""
-    step = Step("run_command", call=f"fork(); execve({args[0]!r}, {args!r})", shell=" ".join(args),
-                why="a command started now inherits every namespace, mount and cgroup the sandbox has so far")
-    done = step.do(lambda: subprocess.run(args, capture_output=True, cwd=cwd, text=True,
+    step = Step("run_command", call=f"fork(); drop capabilities, no_new_privs; execve({args[0]!r}, {args!r})",
+                shell=" ".join(args),
+                why="a command started now inherits every namespace, mount and cgroup the sandbox has so far, "
+                    "and gets the container's capabilities and no_new_privs, as an exec'd container would")
+    keep = security.capability_mask(spec.capabilities)
+
+    def restricted() -> None:   # in the forked child, just before it execs the command
+        security.restrict(keep & _own_permitted, no_new_privs=spec.no_new_privileges)
+
+    done = step.do(lambda: subprocess.run(args, capture_output=True, cwd=cwd, text=True, preexec_fn=restricted,
                                           env=dict(e.split("=", 1) for e in env)))
     step.result = f"exit {done.returncode}"
     return {"exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
@@ -81,7 +93,7 @@ def handle(request: dict, spec: ContainerSpec) -> dict:
         mounts.pivot_root(spec.rootfs)
         mounts.detach_old_root()
     elif op == "run":
-        return _run(a["args"], spec.env, a.get("cwd", "/"))
+        return _run(a["args"], spec.env, a.get("cwd", "/"), spec)
     elif op == "exec":
         # Steps go out as they happen: after execve this process *is* the command, and
         # everything it prints follows the last step line on the same pipe.
