@@ -55,14 +55,30 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
         os.close(fd)
 
 
-def make_private_dir(path: str | os.PathLike) -> None:
+def make_private_dir(path: str | os.PathLike, ours: tuple[str, ...]) -> None:
     """Create ``path`` (and its parents) as a directory only root can enter: mode 0700.
 
     The engine's state holds image layers, and a layer may carry device nodes (a 0666
     /dev/kmsg, a disk) or setuid binaries. Behind a 0700 directory no other host user
     can reach them, whatever their own modes say.
+
+    An existing directory that others can enter is tightened only if it holds nothing
+    but the engine's own entries (``ours``): a MINICONTAINER_ROOT set by mistake to /lib
+    or $HOME must fail, not take /usr/lib away from every other user.
     """
+    from .errors import MinicontainerError
+
     path = Path(path)
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.stat().st_mode & 0o077:   # made earlier by someone else, or by an older version
-        os.chmod(path, 0o700)
+    try:
+        path.mkdir(mode=0o700, parents=True)
+        return
+    except FileExistsError:
+        pass
+    st = os.stat(path, follow_symlinks=False)
+    if not st.st_mode & 0o077 and not os.path.islink(path):
+        return
+    foreign = sorted(set(os.listdir(path)) - set(ours))
+    if os.path.islink(path) or foreign:
+        raise MinicontainerError(f"{path} is not an engine directory (it {'is a symbolic link' if os.path.islink(path) else 'holds ' + ', '.join(foreign[:3])}): "
+                                 "set MINICONTAINER_ROOT / MINICONTAINER_RUN to an empty or engine-owned directory")
+    os.chmod(path, 0o700)   # made by an older version with 0755: close it

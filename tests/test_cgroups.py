@@ -88,6 +88,7 @@ HYBRID_MOUNTINFO = """\
 35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
 37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
 39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 """
 UNIFIED_MOUNTINFO = """\
@@ -134,7 +135,7 @@ def test_detect_mode_reports_this_machine_as_hybrid_and_open_cgroup_picks_v1():
 
 # ---- v1 placement (pure) ------------------------------------------------------------------
 def test_v1_cgroups_nest_under_the_callers_own_cgroup_in_each_hierarchy():
-    own = parse_proc_cgroup("4:memory:/process_api/abc\n8:pids:/\n2:cpuacct:/\n1:cpu:/\n6:freezer:/\n0::/\n")
+    own = parse_proc_cgroup("4:memory:/process_api/abc\n8:pids:/\n2:cpuacct:/\n1:cpu:/\n6:freezer:/\n5:devices:/\n0::/\n")
     dirs = v1_cgroup_dirs("c1", parse_mountinfo(HYBRID_MOUNTINFO), own)
     assert dirs == {
         "memory": "/sys/fs/cgroup/memory/process_api/abc/minicontainer-c1",
@@ -142,16 +143,18 @@ def test_v1_cgroups_nest_under_the_callers_own_cgroup_in_each_hierarchy():
         "cpuacct": "/sys/fs/cgroup/cpuacct/minicontainer-c1",
         "pids": "/sys/fs/cgroup/pids/minicontainer-c1",
         "freezer": "/sys/fs/cgroup/freezer/minicontainer-c1",
+        "devices": "/sys/fs/cgroup/devices/minicontainer-c1",
     }
 
 
 def test_v1_cpu_and_cpuacct_in_one_hierarchy_share_one_directory_and_one_procs_file():
     mounts = parse_mountinfo(LEGACY_MOUNTINFO + "39 31 0:36 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n"
-                             "37 31 0:34 / /sys/fs/cgroup/freezer rw - cgroup cgroup rw,freezer\n")
+                             "37 31 0:34 / /sys/fs/cgroup/freezer rw - cgroup cgroup rw,freezer\n"
+                             "40 31 0:37 / /sys/fs/cgroup/devices rw - cgroup cgroup rw,devices\n")
     cg = V1Cgroup("c1", mounts=mounts, own={})
     assert cg.paths()["cpu"] == cg.paths()["cpuacct"] == "/sys/fs/cgroup/cpu,cpuacct/minicontainer-c1"
     assert cg.procs_files() == [f"/sys/fs/cgroup/{h}/minicontainer-c1/cgroup.procs"
-                                for h in ("memory", "cpu,cpuacct", "pids", "freezer")]
+                                for h in ("memory", "cpu,cpuacct", "pids", "freezer", "devices")]
 
 
 def test_v1_placement_accounts_for_a_hierarchy_mounted_from_a_subtree():
@@ -242,7 +245,7 @@ def test_v1_create_makes_one_directory_per_hierarchy_under_our_own_memory_cgroup
         cg.create()
     try:
         paths = cg.paths()
-        assert set(paths) == {"memory", "cpu", "cpuacct", "pids", "freezer"}
+        assert set(paths) == {"memory", "cpu", "cpuacct", "pids", "freezer", "devices"}
         for controller, directory in paths.items():
             assert os.path.isfile(os.path.join(directory, "cgroup.procs")), controller
         assert paths["memory"] == f"/sys/fs/cgroup/memory{own['memory'].rstrip('/')}/minicontainer-{cg.name}"

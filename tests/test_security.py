@@ -136,3 +136,37 @@ def test_the_engines_state_is_closed_to_other_host_users(engine_root):
     probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "ls", str(layer)],
                            capture_output=True, text=True)
     assert probe.returncode != 0 and "Permission denied" in probe.stderr, probe
+
+
+def test_a_device_node_made_with_cap_mknod_still_cannot_be_opened():
+    # the device cgroup (v1 devices.allow, v2 an eBPF program) refuses what the node names
+    st = os.stat("/")
+    major, minor = (os.major(st.st_dev), os.minor(st.st_dev)) if os.major(st.st_dev) else (7, 0)
+    result = minicontainer.run("busybox", f"mknod /tmp/disk b {major} {minor} && echo made; "
+                                          "head -c 1 /tmp/disk > /dev/null; echo read=$?; "
+                                          "echo ok > /dev/null && echo null", cap_add=["MKNOD"])
+    assert result.stdout.split() == ["made", "read=1", "null"], result.output
+    assert "Operation not permitted" in result.stderr
+    assert "cgroup_devices" in result.trace.names()
+
+
+def test_a_root_set_by_mistake_to_a_system_directory_is_refused_not_closed(tmp_path, monkeypatch):
+    system = tmp_path / "usr-lib"          # stands for /usr/lib: others need to read it
+    system.mkdir(mode=0o755)
+    system.chmod(0o755)
+    (system / "libm.so.6").write_bytes(b"")
+    (tmp_path / "lib").symlink_to(system)  # like /lib -> usr/lib
+    for root in (system, tmp_path / "lib"):
+        monkeypatch.setenv("MINICONTAINER_ROOT", str(root))
+        with pytest.raises(MinicontainerError, match="is not an engine directory"):
+            minicontainer.run("busybox", ["true"])
+        assert system.stat().st_mode & 0o777 == 0o755, "another program's directory must keep its mode"
+
+
+def test_an_engine_root_left_open_by_an_older_version_is_closed(tmp_path, monkeypatch):
+    old = tmp_path / "old-root"
+    (old / "containers").mkdir(parents=True)
+    old.chmod(0o755)
+    monkeypatch.setenv("MINICONTAINER_ROOT", str(old))
+    minicontainer.run("busybox", ["true"])
+    assert old.stat().st_mode & 0o777 == 0o700

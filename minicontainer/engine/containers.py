@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 from ..atomic import file_lock, make_private_dir, write_json_atomic
 from ..errors import InvalidArgument, StateError
+from ..image.store import ENGINE_ENTRIES
 from .paths import containers_dir, run_dir
 
 STATUSES = ("created", "running", "paused", "exited")
@@ -88,7 +89,7 @@ class ContainerRecord:
         """Running and paused go to the volatile run dir; created and exited are made durable."""
         if state.status in ("running", "paused"):
             if not self.runtime_state_file.parent.is_dir():
-                make_private_dir(run_dir())
+                make_private_dir(run_dir(), ours=("containers",))
                 self.runtime_state_file.parent.mkdir(exist_ok=True)
             write_json_atomic(self.runtime_state_file, asdict(state), durable=False)
             return
@@ -108,7 +109,7 @@ def create_record(*, durable: bool = True, **fields: Any) -> ContainerRecord:
     the write is still atomic, but a power cut may lose the record, as it would the container.
     """
     base = containers_dir()
-    make_private_dir(base.parent)
+    make_private_dir(base.parent, ours=ENGINE_ENTRIES)
     base.mkdir(parents=True, exist_ok=True)
     with file_lock(base / ".lock"):
         name = fields.get("name") or ""

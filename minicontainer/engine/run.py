@@ -214,6 +214,8 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
         spec = spec_for(record, image, lowers, opts)
         cgroup.create()
         cgroup.set_limits(opts.limits)
+        if not opts.privileged:   # --privileged, as in Docker, may use every device
+            cgroup.allow_devices()
         spec.cgroup_procs = cgroup.procs_files()
         # the OCI bundle: the runtime runs what config.json says, and nothing else
         write_bundle(record.dir / "bundle", oci_config(spec, opts), durable=not opts.remove)
@@ -398,6 +400,8 @@ def plan(image: str = "busybox", cmd: list[str] | str | None = None, **options) 
         cgroup = open_cgroup("ID")  # planning: nothing is created
         cgroup.create()
         cgroup.set_limits(opts.limits)
+        if not opts.privileged:
+            cgroup.allow_devices()
         spec.cgroup_procs = cgroup.procs_files()
         Step("fork", call="fork()", why="the engine never changes its own namespaces: a child does it").do(lambda: None)
         unshare_namespaces([k for k in spec.namespaces if k != "cgroup"])

@@ -107,6 +107,7 @@ class Sandbox:
             with _trace.recording(self.trace):
                 self.cgroup.create()
                 self.cgroup.set_limits(limits)
+                self.cgroup.allow_devices()   # the same device allow-list as run's
         return self._step("join_cgroup", procs=self.cgroup.procs_files())
 
     def make_private(self) -> Step:

@@ -85,6 +85,10 @@ class Image:
         return self.manifest["config"]["digest"]
 
 
+# what the engine keeps in its root (MINICONTAINER_ROOT)
+ENGINE_ENTRIES = ("image", "layers", "tmp", "containers", "registry", "builtin.lock", ".lock")
+
+
 class ImageStore:
     """Content-addressed blobs and tags in an OCI image layout, plus unpacked layers."""
 
@@ -94,7 +98,8 @@ class ImageStore:
         self.blobs = self.layout / "blobs" / "sha256"
         self.layers_dir = self.root / "layers" / "sha256"
         self.tmp = self.root / "tmp"
-        make_private_dir(self.root)   # layers may hold device nodes: no other user may reach them
+        # layers may hold device nodes: no other user may reach them
+        make_private_dir(self.root, ours=ENGINE_ENTRIES)
         for d in (self.blobs, self.layers_dir, self.tmp):
             d.mkdir(parents=True, exist_ok=True)
         if not (self.layout / "oci-layout").exists():

@@ -36,12 +36,13 @@ if TYPE_CHECKING:  # importing typing at run time would slow the CLI's start-up
 
 from ..errors import InvalidArgument, KernelError, MinicontainerError, NotRootError
 from ..trace import Step, is_planning
+from .devices import DEFAULT_RULES, DeviceRule, attach_device_program, device_program
 
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
 CFS_PERIOD_US = 100_000          # the kernel's default CFS period: 100 ms
 CFS_MIN_QUOTA_US = 1_000         # cpu.cfs_quota_us / cpu.max refuse less than 1 ms
-V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "devices")
 V2_CONTROLLERS = ("memory", "cpu", "pids")
 V2_PARENT = "minicontainer"      # v2 without systemd: containers live in <root>/minicontainer/<name>
 SYSTEMD_SLICE = "system.slice"   # v2 under systemd: <root>/system.slice/minicontainer-cgroups.service/<name>
@@ -365,6 +366,10 @@ class Cgroup(ABC):
         """Every cgroup.procs a process writes its pid into to join this cgroup."""
 
     @abstractmethod
+    def allow_devices(self, rules: tuple[DeviceRule, ...] = DEFAULT_RULES) -> None:
+        """Let the cgroup's processes use only these devices (the device cgroup)."""
+
+    @abstractmethod
     def freeze(self) -> None:
         """Stop every process in the cgroup until thaw(); returns once they are all frozen."""
 
@@ -565,6 +570,14 @@ class V1Cgroup(Cgroup):
         else:
             write_memory()
             write_memsw()
+
+    def allow_devices(self, rules: tuple[DeviceRule, ...] = DEFAULT_RULES) -> None:
+        devices = self._dir("devices")
+        write_cgroup_file(f"{devices}/devices.deny", "a", "first deny every device to the cgroup's processes",
+                          name="cgroup_devices")
+        for rule in rules:
+            write_cgroup_file(f"{devices}/devices.allow", str(rule),
+                              "then allow each harmless one (m: mknod, r: read, w: write)", name="cgroup_devices")
 
     def freeze(self) -> None:
         state = f"{self._dir('freezer')}/freezer.state"
@@ -790,6 +803,18 @@ class V2Cgroup(Cgroup):
         if limits.pids is not None:
             write_cgroup_file(self._file("pids.max"), str(int(limits.pids)),
                               "fork() fails with EAGAIN once the cgroup holds this many tasks")
+
+    def allow_devices(self, rules: tuple[DeviceRule, ...] = DEFAULT_RULES) -> None:
+        program = device_program(rules)
+        step = Step(name="cgroup_devices",
+                    call=f"bpf(BPF_PROG_LOAD, BPF_PROG_TYPE_CGROUP_DEVICE, {len(program)} instructions); "
+                         f"bpf(BPF_PROG_ATTACH, {self.dir}, BPF_CGROUP_DEVICE)",
+                    shell=f"bpftool cgroup attach {self.dir} device pinned …",
+                    why="cgroup v2 has no devices.allow: the kernel asks this eBPF program about every device "
+                        "open or mknod (1 allow, 0 refuse)")
+        step.do(attach_device_program, self.dir, program, evidence=lambda: {
+            "rules": "; ".join(str(r) for r in rules),
+            "program": " | ".join(str(insn) for insn in program)})
 
     def _events(self) -> dict[str, int]:
         return _key_values(_read(self._file("cgroup.events")))

@@ -1,0 +1,187 @@
+"""The device cgroup: which device nodes a container may open, whatever nodes it can see.
+
+A device node is only a name for (type, major, minor); whoever can create or reach one for
+the host's disk (block 254:0, say) can read and write that disk. So besides giving the
+container a /dev with only harmless nodes, the runtime tells the kernel which devices its
+processes may use at all, as runc and Docker do:
+
+- cgroup v1 has a ``devices`` controller: write ``a`` to ``devices.deny``, then each
+  allowed rule ("c 1:3 rwm") to ``devices.allow``.
+- cgroup v2 has no such files. The kernel instead runs a small eBPF program of type
+  BPF_PROG_TYPE_CGROUP_DEVICE, attached to the cgroup, for every open or mknod of a
+  device; it returns 1 to allow and 0 to refuse. :func:`device_program` writes that
+  program as eBPF instructions, the way runc generates its own.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from dataclasses import dataclass
+
+from ..errors import KernelError
+from .syscalls import libc
+
+# (type, major, minor, access); -1 is "any". runc's and Docker's default allow-list:
+# any device node may be *created* (mknod: "m"), but only these may be read or written.
+@dataclass(frozen=True)
+class DeviceRule:
+    kind: str      # "c" (character) or "b" (block)
+    major: int     # -1: any
+    minor: int     # -1: any
+    access: str    # some of "r", "w", "m"
+
+    def __str__(self) -> str:
+        number = lambda n: "*" if n < 0 else str(n)  # noqa: E731
+        return f"{self.kind} {number(self.major)}:{number(self.minor)} {self.access}"
+
+
+DEFAULT_RULES = (
+    DeviceRule("c", -1, -1, "m"), DeviceRule("b", -1, -1, "m"),
+    DeviceRule("c", 1, 3, "rwm"),    # null
+    DeviceRule("c", 1, 5, "rwm"),    # zero
+    DeviceRule("c", 1, 7, "rwm"),    # full
+    DeviceRule("c", 1, 8, "rwm"),    # random
+    DeviceRule("c", 1, 9, "rwm"),    # urandom
+    DeviceRule("c", 5, 0, "rwm"),    # tty
+    DeviceRule("c", 5, 1, "rwm"),    # console
+    DeviceRule("c", 5, 2, "rwm"),    # ptmx
+    DeviceRule("c", 136, -1, "rwm"),  # pts/*
+)
+
+# ---- the eBPF program (include/uapi/linux/bpf.h) ---------------------------------------------
+BPF_PROG_TYPE_CGROUP_DEVICE = 15
+BPF_CGROUP_DEVICE = 6          # attach type
+BPF_PROG_LOAD, BPF_PROG_ATTACH = 5, 8
+BPF_F_ALLOW_MULTI = 2
+DEVCG_TYPE = {"b": 1, "c": 2}  # BPF_DEVCG_DEV_BLOCK, BPF_DEVCG_DEV_CHAR
+DEVCG_ACCESS = {"m": 1, "r": 2, "w": 4}
+_SYS_BPF = {"x86_64": 321, "aarch64": 280}[os.uname().machine]
+
+# opcodes: class | op | source
+LDX_W = 0x61        # BPF_LDX | BPF_MEM | BPF_W:  dst = *(u32 *)(src + off)
+AND_K = 0x57        # BPF_ALU64 | BPF_AND | BPF_K: dst &= imm
+RSH_K = 0x77        # BPF_ALU64 | BPF_RSH | BPF_K: dst >>= imm
+MOV_K = 0xB7        # BPF_ALU64 | BPF_MOV | BPF_K: dst = imm
+MOV_X = 0xBF        # BPF_ALU64 | BPF_MOV | BPF_X: dst = src
+JNE_K = 0x55        # BPF_JMP | BPF_JNE | BPF_K:   if dst != imm: pc += off
+EXIT = 0x95         # BPF_JMP | BPF_EXIT:         return r0
+
+
+@dataclass(frozen=True)
+class Insn:
+    """One eBPF instruction: 8 bytes, as the kernel reads them."""
+    code: int
+    dst: int = 0
+    src: int = 0
+    off: int = 0
+    imm: int = 0
+
+    def pack(self) -> bytes:
+        return struct.pack("<BBhi", self.code, (self.src << 4) | self.dst, self.off, self.imm)
+
+    def __str__(self) -> str:
+        names = {LDX_W: f"r{self.dst} = *(u32 *)(r{self.src} + {self.off})", AND_K: f"r{self.dst} &= {self.imm:#x}",
+                 RSH_K: f"r{self.dst} >>= {self.imm}", MOV_K: f"r{self.dst} = {self.imm}",
+                 MOV_X: f"r{self.dst} = r{self.src}", JNE_K: f"if r{self.dst} != {self.imm} goto +{self.off}",
+                 EXIT: "exit"}
+        return names[self.code]
+
+
+def device_program(rules: tuple[DeviceRule, ...] = DEFAULT_RULES) -> list[Insn]:
+    """The allow-list as eBPF: r1 points at struct bpf_cgroup_dev_ctx {access_type, major, minor}.
+
+    access_type is (access << 16) | type. For each rule: if the type, major and minor match
+    and the access asked for is within the rule's, return 1. Nothing matched: return 0.
+    """
+    prologue = [Insn(LDX_W, 2, 1, 0), Insn(AND_K, 2, imm=0xFFFF),     # r2 = type
+                Insn(LDX_W, 3, 1, 0), Insn(RSH_K, 3, imm=16),         # r3 = access
+                Insn(LDX_W, 4, 1, 4), Insn(LDX_W, 5, 1, 8)]           # r4 = major, r5 = minor
+    body: list[Insn] = []
+    for rule in rules:
+        allowed = sum(DEVCG_ACCESS[a] for a in rule.access)
+        checks = [(2, DEVCG_TYPE[rule.kind])]
+        if rule.major >= 0:
+            checks.append((4, rule.major))
+        if rule.minor >= 0:
+            checks.append((5, rule.minor))
+        # each check jumps past the rest of this rule when it fails
+        block_len = len(checks) + 3 + 2   # checks, access test (3), return 1 (2)
+        for i, (reg, value) in enumerate(checks):
+            body.append(Insn(JNE_K, reg, off=block_len - i - 1, imm=value))
+        body += [Insn(MOV_X, 6, 3), Insn(AND_K, 6, imm=~allowed & 0xFFFF),   # r6 = access not allowed
+                 Insn(JNE_K, 6, off=2, imm=0),
+                 Insn(MOV_K, 0, imm=1), Insn(EXIT)]
+    return prologue + body + [Insn(MOV_K, 0, imm=0), Insn(EXIT)]
+
+
+def evaluate(program: list[Insn], kind: str, major: int, minor: int, access: str) -> int:
+    """Run ``program`` the way the kernel would, for one request: what it returns (1 allow, 0 refuse).
+
+    A tiny interpreter for the few instructions device_program uses, so tests can check
+    its decisions on a machine whose kernel can't run it (cgroup v1 hosts).
+    """
+    ctx = [(sum(DEVCG_ACCESS[a] for a in access) << 16) | DEVCG_TYPE[kind], major, minor]
+    regs = [0] * 11
+    pc = 0
+    while True:
+        insn = program[pc]
+        pc += 1
+        if insn.code == LDX_W:
+            regs[insn.dst] = ctx[insn.off // 4]
+        elif insn.code == AND_K:
+            regs[insn.dst] &= insn.imm & 0xFFFFFFFF
+        elif insn.code == RSH_K:
+            regs[insn.dst] >>= insn.imm
+        elif insn.code == MOV_K:
+            regs[insn.dst] = insn.imm
+        elif insn.code == MOV_X:
+            regs[insn.dst] = regs[insn.src]
+        elif insn.code == JNE_K:
+            if regs[insn.dst] != insn.imm:
+                pc += insn.off
+        elif insn.code == EXIT:
+            return regs[0]
+
+
+class _ProgLoadAttr(ctypes.Structure):
+    _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
+                ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32)]
+
+
+class _ProgAttachAttr(ctypes.Structure):
+    _fields_ = [("target_fd", ctypes.c_uint32), ("attach_bpf_fd", ctypes.c_uint32),
+                ("attach_type", ctypes.c_uint32), ("attach_flags", ctypes.c_uint32)]
+
+
+def _bpf(cmd: int, attr: ctypes.Structure) -> int:
+    ret = libc.syscall(_SYS_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    if ret < 0:
+        raise KernelError("bpf", ctypes.get_errno(), "loading or attaching the device cgroup program (needs root)")
+    return ret
+
+
+def attach_device_program(cgroup_dir: str, program: list[Insn]) -> None:
+    """bpf(BPF_PROG_LOAD) the program, then bpf(BPF_PROG_ATTACH) it to the cgroup directory.
+
+    Once attached the cgroup holds the program; it goes away with the cgroup.
+    """
+    code = b"".join(insn.pack() for insn in program)
+    insns = ctypes.create_string_buffer(code, len(code))
+    license_ = ctypes.create_string_buffer(b"Apache-2.0")   # any string; GPL-only helpers are not used
+    log = ctypes.create_string_buffer(4096)
+    load = _ProgLoadAttr(BPF_PROG_TYPE_CGROUP_DEVICE, len(program), ctypes.addressof(insns),
+                         ctypes.addressof(license_), 1, len(log), ctypes.addressof(log), 0, 0)
+    try:
+        prog_fd = _bpf(BPF_PROG_LOAD, load)
+    except KernelError as exc:
+        verifier = log.value.decode(errors="replace").strip().splitlines()
+        raise KernelError("bpf", exc.errno, "the kernel's verifier refused the device program: "
+                          + (verifier[-1] if verifier else "no log")) from None
+    cgroup_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _bpf(BPF_PROG_ATTACH, _ProgAttachAttr(cgroup_fd, prog_fd, BPF_CGROUP_DEVICE, BPF_F_ALLOW_MULTI))
+    finally:
+        os.close(cgroup_fd)
+        os.close(prog_fd)
