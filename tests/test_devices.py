@@ -1,11 +1,17 @@
-"""The device allow-list: the eBPF program's decisions (checked here by interpreting it) and
-the v1 files. The program runs for real in the v2 guest (make test-v2), through
-tests/test_security.py."""
+"""The device allow-list as an eBPF program: its decisions, checked by interpreting it, and
+the program loaded into the kernel and attached to a real cgroup2 directory (the hybrid
+host's unified mount here, the real v2 tree in the guest)."""
 from __future__ import annotations
+
+import os
 
 import pytest
 
-from minicontainer.kernel.devices import (DEFAULT_RULES, EXIT, DeviceRule, Insn, device_program, evaluate)
+from minicontainer.kernel.devices import (DEFAULT_RULES, EXIT, DeviceRule, Insn, attach_device_program,
+                                          device_program, evaluate)
+
+# the kernel part also runs in the real cgroup v2 guest (make test-v2)
+pytestmark = pytest.mark.v2
 
 
 @pytest.mark.parametrize("kind, major, minor, access, allowed", [
@@ -39,3 +45,43 @@ def test_an_empty_allow_list_refuses_everything_and_every_rule_is_a_fixed_block(
 def test_rules_print_as_devices_allow_lines():
     assert [str(r) for r in DEFAULT_RULES[:3]] == ["c *:* m", "b *:* m", "c 1:3 rwm"]
     assert Insn(0x95).pack() == b"\x95\x00\x00\x00\x00\x00\x00\x00"
+
+
+def _a_cgroup2_dir() -> str | None:
+    """Where a cgroup v2 directory can be made here: /sys/fs/cgroup (v2), or the hybrid host's unified mount."""
+    for base in ("/sys/fs/cgroup/unified", "/sys/fs/cgroup"):
+        if os.path.exists(f"{base}/cgroup.controllers"):
+            return base
+    return None
+
+
+@pytest.mark.skipif(_a_cgroup2_dir() is None, reason="needs a cgroup2 mount")
+def test_the_program_loaded_into_the_kernel_refuses_a_device_a_process_in_its_cgroup_opens():
+    # A device program works on any cgroup2 directory, so this runs on the hybrid host too
+    # (its /sys/fs/cgroup/unified) as well as in the v2 guest.
+    directory = os.path.join(_a_cgroup2_dir(), f"{os.environ.get('MINICONTAINER_CGROUP_TAG', 't')}-devices")
+    os.mkdir(directory)
+    try:
+        attach_device_program(directory, device_program())
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:   # the child joins the cgroup and tries
+            os.close(r)
+            with open(f"{directory}/cgroup.procs", "w") as f:
+                f.write("0")
+            answers = []
+            for path, mode in (("/dev/null", "w"), ("/dev/zero", "r"), ("/dev/kmsg", "r")):
+                try:
+                    open(path, mode).close()
+                    answers.append("ok")
+                except OSError as exc:
+                    answers.append(os.strerror(exc.errno))
+            os.write(w, "|".join(answers).encode())
+            os._exit(0)
+        os.close(w)
+        with os.fdopen(r) as f:
+            answers = f.read()
+        os.waitpid(pid, 0)
+    finally:
+        os.rmdir(directory)
+    assert answers == "ok|ok|Operation not permitted"

@@ -170,12 +170,20 @@ def attach_device_program(cgroup_dir: str, program: list[Insn]) -> None:
     code = b"".join(insn.pack() for insn in program)
     insns = ctypes.create_string_buffer(code, len(code))
     license_ = ctypes.create_string_buffer(b"Apache-2.0")   # any string; GPL-only helpers are not used
-    log = ctypes.create_string_buffer(4096)
-    load = _ProgLoadAttr(BPF_PROG_TYPE_CGROUP_DEVICE, len(program), ctypes.addressof(insns),
-                         ctypes.addressof(license_), 1, len(log), ctypes.addressof(log), 0, 0)
+
+    def load(log_level: int, log: ctypes.Array | None = None) -> int:
+        return _bpf(BPF_PROG_LOAD, _ProgLoadAttr(
+            BPF_PROG_TYPE_CGROUP_DEVICE, len(program), ctypes.addressof(insns), ctypes.addressof(license_),
+            log_level, len(log) if log is not None else 0, ctypes.addressof(log) if log is not None else 0, 0, 0))
+
     try:
-        prog_fd = _bpf(BPF_PROG_LOAD, load)
+        prog_fd = load(0)   # no verifier log: a log too small for it would fail the load (ENOSPC)
     except KernelError as exc:
+        log = ctypes.create_string_buffer(1 << 20)   # load again, only to learn why
+        try:
+            load(1, log)
+        except KernelError:
+            pass
         verifier = log.value.decode(errors="replace").strip().splitlines()
         raise KernelError("bpf", exc.errno, "the kernel's verifier refused the device program: "
                           + (verifier[-1] if verifier else "no log")) from None
