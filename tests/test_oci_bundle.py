@@ -59,6 +59,9 @@ def test_a_run_leaves_its_bundle_in_the_container_directory(engine_root):
     assert config["hostname"] == "box" and result.stdout == "box\n"
     assert config["root"]["path"] == str(engine_root / "containers" / result.container_id / "rootfs")
     assert config["linux"]["resources"]["memory"]["limit"] == 32 << 20
+    devices = config["linux"]["resources"]["devices"]
+    assert devices[0] == {"allow": False, "access": "rwm"}   # deny all, then the allow-list the engine enforces
+    assert {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rwm"} in devices
     assert (bundle / "config.json").stat().st_mode & 0o777 == 0o600
 
 

@@ -18,6 +18,7 @@ from ..errors import MinicontainerError, require_root
 from ..image.reference import parse_reference
 from ..image.store import BUILTIN_REF, Image, ImageStore, host_platform
 from ..kernel.cgroups import Cgroup, CgroupStats, Limits, open_cgroup, parse_cpus, parse_memory
+from ..kernel.devices import DEFAULT_RULES
 from ..kernel.mounts import Volume
 from ..kernel.security import DEFAULT_CAPABILITIES, choose_capabilities
 from ..runtime.process import FORWARDED_SIGNALS, ContainerProcess, start_container
@@ -229,7 +230,8 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
 
 def oci_config(spec: ContainerSpec, opts: RunOptions) -> dict:
     """The container's OCI runtime config.json (see runtime/oci.py)."""
-    return spec_to_config(spec, memory=opts.memory, cpus=opts.cpus, pids=opts.pids_limit)
+    return spec_to_config(spec, memory=opts.memory, cpus=opts.cpus, pids=opts.pids_limit,
+                          devices=None if opts.privileged else DEFAULT_RULES)
 
 
 def finish(record: ContainerRecord, cgroup: Cgroup, proc: ContainerProcess | None,

@@ -23,9 +23,9 @@ CAPABILITIES = (
     "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
     "CAP_CHECKPOINT_RESTORE")
 
-# Docker's default set is these 13 plus CAP_MKNOD. CAP_MKNOD stays out until the device
-# cgroup (the allow-list that makes a device node useless unless it is /dev/null & co.)
-# is enforced: without it, a node for the host's disk would give raw access to it.
+# Docker's default set is these 13 plus CAP_MKNOD. The device cgroup (kernel/devices.py)
+# now makes a node for the host's disk useless inside a container, but a Sandbox that never
+# joins a cgroup has none, so CAP_MKNOD stays out of the default until that gap is closed.
 DEFAULT_CAPABILITIES = (
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_NET_RAW", "CAP_SETGID",
     "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
@@ -68,8 +68,8 @@ def choose_capabilities(add: list[str] | tuple[str, ...] = (), drop: list[str] |
     removed and ``--cap-add`` added; ``ALL`` in either means every capability.
     """
     known = CAPABILITIES[:last_capability() + 1]
-    if privileged:
-        return known
+    if privileged:   # every capability this engine holds: nobody can hand on more than that
+        return tuple(capability_names(capability_mask(known) & int(_status_lines("CapPrm")["CapPrm"], 16)))
     add = [parse_capability(c) for c in add]
     drop = [parse_capability(c) for c in drop]
     keep = set(known) if "ALL" in add else set(DEFAULT_CAPABILITIES)

@@ -18,6 +18,7 @@ import os
 
 from ..atomic import write_json_atomic
 from ..errors import InvalidArgument
+from ..kernel.devices import DeviceRule
 from ..kernel.mounts import Volume
 from .spec import ContainerSpec
 
@@ -35,9 +36,23 @@ STANDARD_MOUNTS = [
 CFS_PERIOD_US = 100_000
 
 
+def device_rules_to_config(rules: tuple[DeviceRule, ...]) -> list[dict]:
+    """The device allow-list as linux.resources.devices: deny all, then allow each rule."""
+    out: list[dict] = [{"allow": False, "access": "rwm"}]
+    for rule in rules:
+        entry: dict = {"allow": True, "type": rule.kind}
+        if rule.major >= 0:
+            entry["major"] = rule.major
+        if rule.minor >= 0:
+            entry["minor"] = rule.minor
+        entry["access"] = rule.access
+        out.append(entry)
+    return out
+
+
 def spec_to_config(spec: ContainerSpec, *, memory: int | None = None, cpus: float | None = None,
-                   pids: int | None = None) -> dict:
-    """The runtime-spec config.json for ``spec``, with the cgroup limits the engine sets."""
+                   pids: int | None = None, devices: tuple[DeviceRule, ...] | None = None) -> dict:
+    """The runtime-spec config.json for ``spec``, with the cgroup limits and device rules the engine sets."""
     caps = list(spec.capabilities)
     mounts = [dict(m) for m in STANDARD_MOUNTS]
     for volume in spec.volumes:
@@ -50,6 +65,8 @@ def spec_to_config(spec: ContainerSpec, *, memory: int | None = None, cpus: floa
         resources["cpu"] = {"quota": round(cpus * CFS_PERIOD_US), "period": CFS_PERIOD_US}
     if pids is not None:
         resources["pids"] = {"limit": pids}
+    if devices is not None:
+        resources["devices"] = device_rules_to_config(devices)
     linux: dict = {"namespaces": [{"type": OCI_NAMESPACES[kind]} for kind in spec.namespaces],
                    "maskedPaths": list(spec.masked_paths), "readonlyPaths": list(spec.readonly_paths)}
     if resources:
