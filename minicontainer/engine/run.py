@@ -213,10 +213,7 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
     cgroup = open_cgroup(cgroup_name(record.id))
     try:
         spec = spec_for(record, image, lowers, opts)
-        cgroup.create()
-        cgroup.set_limits(opts.limits)
-        if not opts.privileged:   # --privileged, as in Docker, may use every device
-            cgroup.allow_devices()
+        set_up_cgroup(cgroup, opts)
         spec.cgroup_procs = cgroup.procs_files()
         # the OCI bundle: the runtime runs what config.json says, and nothing else
         write_bundle(record.dir / "bundle", oci_config(spec, opts), durable=not opts.remove)
@@ -226,6 +223,14 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
         remove_record(record)
         raise
     return record, spec, cgroup
+
+
+def set_up_cgroup(cgroup: Cgroup, opts: RunOptions) -> None:
+    """Create the container's cgroup, write its limits and its device allow-list."""
+    cgroup.create()
+    cgroup.set_limits(opts.limits)
+    if not opts.privileged:   # --privileged, as in Docker, may use every device
+        cgroup.allow_devices()
 
 
 def oci_config(spec: ContainerSpec, opts: RunOptions) -> dict:
@@ -400,10 +405,7 @@ def plan(image: str = "busybox", cmd: list[str] | str | None = None, **options) 
     spec = _planned_spec(opts)
     with trace.planning() as tr:
         cgroup = open_cgroup("ID")  # planning: nothing is created
-        cgroup.create()
-        cgroup.set_limits(opts.limits)
-        if not opts.privileged:
-            cgroup.allow_devices()
+        set_up_cgroup(cgroup, opts)
         spec.cgroup_procs = cgroup.procs_files()
         Step("fork", call="fork()", why="the engine never changes its own namespaces: a child does it").do(lambda: None)
         unshare_namespaces([k for k in spec.namespaces if k != "cgroup"])

@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from ..errors import KernelError
 from .syscalls import libc
 
-# (type, major, minor, access); -1 is "any". runc's and Docker's default allow-list:
-# any device node may be *created* (mknod: "m"), but only these may be read or written.
 @dataclass(frozen=True)
 class DeviceRule:
+    """One line of an allow-list, as devices.allow spells it: "c 1:3 rwm"."""
+
     kind: str      # "c" (character) or "b" (block)
     major: int     # -1: any
     minor: int     # -1: any
@@ -36,6 +36,8 @@ class DeviceRule:
         return f"{self.kind} {number(self.major)}:{number(self.minor)} {self.access}"
 
 
+# runc's and Docker's default allow-list: any device node may be *created* (mknod: "m"),
+# but only these may be read or written.
 DEFAULT_RULES = (
     DeviceRule("c", -1, -1, "m"), DeviceRule("b", -1, -1, "m"),
     DeviceRule("c", 1, 3, "rwm"),    # null
