@@ -50,6 +50,10 @@ class Sandbox:
         self.record = create_record(name="", image=opts.image, image_id=img.id, args=[], env=opts.env,
                                     hostname=hostname)
         self.spec = spec_for(self.record, img, lowers, opts)
+        # No device cgroup until join_cgroup: until then a node made with CAP_MKNOD could
+        # open the host's disk, so the sandbox's commands go without it.
+        self._capabilities = self.spec.capabilities
+        self.spec.capabilities = tuple(c for c in self._capabilities if c != "CAP_MKNOD")
         self.trace = Trace()
         self.cgroup: Cgroup | None = None
         self.exit_code: int | None = None
@@ -108,7 +112,8 @@ class Sandbox:
                 self.cgroup.create()
                 self.cgroup.set_limits(limits)
                 self.cgroup.allow_devices()   # the same device allow-list as run's
-        return self._step("join_cgroup", procs=self.cgroup.procs_files())
+        self.spec.capabilities = self._capabilities
+        return self._step("join_cgroup", procs=self.cgroup.procs_files(), capabilities=list(self._capabilities))
 
     def make_private(self) -> Step:
         return self._step("make_private")

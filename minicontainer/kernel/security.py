@@ -23,11 +23,11 @@ CAPABILITIES = (
     "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
     "CAP_CHECKPOINT_RESTORE")
 
-# Docker's default set is these 13 plus CAP_MKNOD. The device cgroup (kernel/devices.py)
-# now makes a node for the host's disk useless inside a container, but a Sandbox that never
-# joins a cgroup has none, so CAP_MKNOD stays out of the default until that gap is closed.
+# Docker's default set. CAP_MKNOD is safe in it only because the device cgroup
+# (kernel/devices.py) refuses to open a node that isn't on its allow-list, so a process
+# without a device cgroup (a Sandbox that hasn't joined its cgroup) must not hold it.
 DEFAULT_CAPABILITIES = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_NET_RAW", "CAP_SETGID",
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW", "CAP_SETGID",
     "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL",
     "CAP_AUDIT_WRITE")
 
@@ -69,13 +69,18 @@ def choose_capabilities(add: list[str] | tuple[str, ...] = (), drop: list[str] |
     """
     known = CAPABILITIES[:last_capability() + 1]
     if privileged:   # every capability this engine holds: nobody can hand on more than that
-        return tuple(capability_names(capability_mask(known) & int(_status_lines("CapPrm")["CapPrm"], 16)))
+        return tuple(capability_names(capability_mask(known) & held_capabilities()))
     add = [parse_capability(c) for c in add]
     drop = [parse_capability(c) for c in drop]
     keep = set(known) if "ALL" in add else set(DEFAULT_CAPABILITIES)
     keep = set() if "ALL" in drop else keep - set(drop)
     keep |= {c for c in add if c != "ALL"}
     return tuple(c for c in known if c in keep)
+
+
+def held_capabilities() -> int:
+    """The mask of capabilities this process holds (CapPrm): all it can ever hand on."""
+    return int(_status_lines("CapPrm")["CapPrm"], 16)
 
 
 def _status_lines(*keys: str) -> dict[str, str]:
@@ -89,7 +94,7 @@ def drop_capabilities(keep: tuple[str, ...] | list[str] = DEFAULT_CAPABILITIES) 
     Nobody can gain a capability it doesn't have, so ``keep`` is cut to what this process
     holds (--privileged on a host that withholds some, say CAP_SYS_RESOURCE, gets the rest).
     """
-    keep_mask = capability_mask(keep) & int(_status_lines("CapPrm")["CapPrm"], 16)
+    keep_mask = capability_mask(keep) & held_capabilities()
     keep = capability_names(keep_mask)
     step = Step("drop_capabilities",
                 call=f"prctl(PR_CAPBSET_DROP, …) for {last_capability() + 1 - len(keep)} capabilities; "

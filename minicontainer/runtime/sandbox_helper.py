@@ -38,9 +38,8 @@ def _unshare(kinds: list[str]) -> dict:
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
 
 
-# what this helper itself may hand on: capset can't grant what the process lacks
-with open("/proc/self/status") as _f:
-    _own_permitted = int(next(line for line in _f if line.startswith("CapPrm:")).split()[1], 16)
+# read at start, while /proc is still the host's: after pivot_root it may not be mounted
+_HELD = security.held_capabilities()
 
 
 def _run(args: list[str], env: list[str], cwd: str, spec: ContainerSpec) -> dict:
@@ -49,10 +48,10 @@ def _run(args: list[str], env: list[str], cwd: str, spec: ContainerSpec) -> dict
                 shell=" ".join(args),
                 why="a command started now inherits every namespace, mount and cgroup the sandbox has so far, "
                     "and gets the container's capabilities and no_new_privs, as an exec'd container would")
-    keep = security.capability_mask(spec.capabilities)
+    keep = security.capability_mask(spec.capabilities) & _HELD
 
     def restricted() -> None:   # in the forked child, just before it execs the command
-        security.restrict(keep & _own_permitted, no_new_privs=spec.no_new_privileges)
+        security.restrict(keep, no_new_privs=spec.no_new_privileges)
 
     done = step.do(lambda: subprocess.run(args, capture_output=True, cwd=cwd, text=True, preexec_fn=restricted,
                                           env=dict(e.split("=", 1) for e in env)))
@@ -75,6 +74,8 @@ def handle(request: dict, spec: ContainerSpec) -> dict:
         namespaces.bring_up_loopback()
     elif op == "join_cgroup":
         init.join_cgroup(a["procs"])
+        # its cgroup carries the device allow-list, so device nodes are harmless from now on
+        spec.capabilities = tuple(a["capabilities"])
     elif op == "make_private":
         mounts.make_mounts_private()
     elif op == "mount_overlay":
