@@ -103,6 +103,9 @@ def _add_other_verbs(sub) -> None:
     pr.set_defaults(func=cmd_prune)
     v = sub.add_parser("version", help="show version information")
     v.set_defaults(func=cmd_version)
+    # listed for --help only: main() hands `runtime …` to runtime_cli before parsing
+    sub.add_parser("runtime", help="an OCI runtime over a bundle, with runc's verbs (create, start, state, "
+                                   "kill, delete, run, list, spec)", add_help=False)
 
     reg = sub.add_parser("registry", help="run a private registry (OCI distribution server)")
     regsub = reg.add_subparsers(dest="registry_verb", metavar="COMMAND", required=True)
@@ -323,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import MinicontainerError
 
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["runtime"]:   # runc's command line, the same code as the minicontainer-runtime executable
+        from .runtime_cli import main as runtime_main
+
+        return runtime_main(argv[1:], prog="minicontainer runtime")
     verb = next((a for a in argv if not a.startswith("-")), None)
     args = _parser(verb).parse_args(argv)
     if not getattr(args, "func", None):
