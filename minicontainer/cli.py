@@ -43,7 +43,7 @@ def _add_run(sub) -> None:
     r.add_argument("--cap-add", action="append", default=[], metavar="CAP", help="add a capability, e.g. NET_ADMIN, or ALL")
     r.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability, e.g. CHOWN, or ALL")
     r.add_argument("--security-opt", action="append", default=[], metavar="OPT",
-                   help="no-new-privileges[=true|false]")
+                   help="no-new-privileges[=true|false], seccomp=unconfined or seccomp=PROFILE.json (Docker's format)")
     show = r.add_mutually_exclusive_group()
     show.add_argument("--trace", action="store_true", help="print every kernel step afterwards (to stderr)")
     show.add_argument("--explain", action="store_true", help="print the steps a run would take, run nothing")

@@ -13,9 +13,9 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # Debian packages: the static busybox is the built-in image; tini's static build is what
-# `run --init` mounts into a container; the rest are the peers our interop tests and
+# `run --init` mounts into a container; libseccomp2 compiles seccomp filters; the rest are the peers our interop tests and
 # benchmarks compare against.
-packages=(busybox-static tini python3-venv python3-dev gcc iproute2 runc crun umoci skopeo docker-registry)
+packages=(busybox-static tini libseccomp2 python3-venv python3-dev gcc iproute2 runc crun umoci skopeo docker-registry)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

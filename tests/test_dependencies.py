@@ -21,17 +21,25 @@ def pyproject_dependencies() -> set[tuple[str, str]]:
     return {_normalize(s) for s in specs}
 
 
+# conda packages that are libraries for a Python dependency, not Python packages themselves
+NATIVE_LIBRARIES = {"libseccomp"}
+
+
 def environment_dependencies() -> set[tuple[str, str]]:
-    """The conda packages in environment.yml (not python, pip, or the pip: section)."""
+    """The Python packages in environment.yml: conda's (not python, pip or native libraries)
+    and the pip: section's (not the editable install of minicontainer itself)."""
     deps, in_deps = set(), False
     for line in (ROOT / "environment.yml").read_text().splitlines():
         stripped = line.split("#", 1)[0].rstrip()
         if stripped.startswith("dependencies:"):
             in_deps = True
             continue
-        if in_deps and re.match(r"^  - [A-Za-z]", stripped):
+        pip_entry = re.match(r"^      - ([A-Za-z].*)$", stripped)
+        if in_deps and pip_entry:
+            deps.add(_normalize(pip_entry.group(1)))
+        elif in_deps and re.match(r"^  - [A-Za-z]", stripped):
             spec = stripped[4:]
-            if spec.startswith(("python", "pip")) and _normalize(spec)[0] in ("python", "pip"):
+            if _normalize(spec)[0] in {"python", "pip"} | NATIVE_LIBRARIES:
                 continue
             deps.add(_normalize(spec))
     return deps

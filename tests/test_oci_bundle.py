@@ -40,7 +40,8 @@ def test_a_spec_survives_the_trip_through_config_json():
     (lambda c: c["process"].update(user={"uid": 1000, "gid": 1000}), "process.user"),
     (lambda c: c["linux"]["namespaces"].append({"type": "user"}), "linux.namespaces"),
     (lambda c: c["linux"]["namespaces"][0].update(path="/proc/1/ns/pid"), "linux.namespaces"),
-    (lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_ERRNO"}), "linux.seccomp"),
+    (lambda c: c["linux"]["seccomp"].update(defaultAction="SCMP_ACT_NOTIFY"), "linux.seccomp"),
+    (lambda c: c["linux"]["seccomp"].update(listenerPath="/run/agent.sock"), "linux.seccomp.listenerPath"),
     (lambda c: c["mounts"].append({"destination": "/x", "type": "nfs", "source": "h:/x"}), "mounts"),
     (lambda c: c["process"]["capabilities"].update(ambient=["CAP_KILL"]), "process.capabilities"),
 ])
@@ -68,7 +69,7 @@ def test_a_run_leaves_its_bundle_in_the_container_directory(engine_root):
 @pytest.mark.peer
 @pytest.mark.skipif(shutil.which("runc") is None, reason="needs runc (Debian package runc)")
 def test_runc_runs_the_same_bundle_unchanged(engine_root, tmp_path):
-    ours = minicontainer.run("busybox", "hostname; grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status; "
+    ours = minicontainer.run("busybox", "hostname; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp)' /proc/self/status; "
                                         "wc -c < /proc/keys", hostname="box", remove=False)
     bundle = engine_root / "containers" / ours.container_id / "bundle"
     before = (bundle / "config.json").read_bytes()
@@ -88,5 +89,6 @@ def test_runc_runs_the_same_bundle_unchanged(engine_root, tmp_path):
         subprocess.run(["runc", "--root", str(tmp_path / "runc"), "delete", "--force", name], capture_output=True)
         subprocess.run(["umount", rootfs], check=True)
     assert theirs.returncode == 0, theirs.stderr
-    assert theirs.stdout == ours.stdout   # same hostname, capabilities, no_new_privs and masked /proc/keys
+    assert "Seccomp:\t2" in ours.stdout   # a filter is loaded, by each runtime from the same linux.seccomp
+    assert theirs.stdout == ours.stdout   # same hostname, capabilities, no_new_privs, seccomp, masked /proc/keys
     assert (bundle / "config.json").read_bytes() == before

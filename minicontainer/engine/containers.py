@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 from ..atomic import file_lock, make_private_dir, write_json_atomic
 from ..errors import InvalidArgument, StateError
 from ..image.store import ENGINE_ENTRIES
-from .paths import containers_dir, run_dir
+from .paths import RUN_ENTRIES, containers_dir, run_dir
 
 STATUSES = ("created", "running", "paused", "exited")
 
@@ -89,7 +89,7 @@ class ContainerRecord:
         """Running and paused go to the volatile run dir; created and exited are made durable."""
         if state.status in ("running", "paused"):
             if not self.runtime_state_file.parent.is_dir():
-                make_private_dir(run_dir(), ours=("containers",))
+                make_private_dir(run_dir(), ours=RUN_ENTRIES)
                 self.runtime_state_file.parent.mkdir(exist_ok=True)
             write_json_atomic(self.runtime_state_file, asdict(state), durable=False)
             return

@@ -14,6 +14,10 @@ def containers_dir() -> Path:
     return engine_root() / "containers"
 
 
+# what the engine keeps in the run dir: make_private_dir refuses a dir holding anything else
+RUN_ENTRIES = ("containers", "seccomp", "runtime")
+
+
 def run_dir() -> Path:
     """Volatile runtime state (running pids), like runc's /run/runc: MINICONTAINER_RUN."""
     return Path(os.environ.get("MINICONTAINER_RUN", "/run/minicontainer"))

@@ -14,19 +14,22 @@ import time
 from dataclasses import dataclass, field
 
 from .. import trace
+from ..atomic import make_private_dir
 from ..errors import MinicontainerError, require_root
 from ..image.reference import parse_reference
 from ..image.store import BUILTIN_REF, Image, ImageStore, host_platform
 from ..kernel.cgroups import Cgroup, CgroupStats, Limits, open_cgroup, parse_cpus, parse_memory
 from ..kernel.devices import DEFAULT_RULES
 from ..kernel.mounts import Volume
+from ..kernel.seccomp import compile_filter, load_profile_file, profile_to_oci
+from ..kernel.seccomp_profile import default_profile
 from ..kernel.security import DEFAULT_CAPABILITIES, choose_capabilities
 from ..runtime.process import FORWARDED_SIGNALS, ContainerProcess, start_container
 from ..runtime.oci import read_bundle, spec_to_config, write_bundle
 from ..runtime.spec import ContainerSpec
 from ..trace import Step, Trace
 from .containers import ContainerRecord, ContainerState, create_record, remove_record
-from .paths import engine_root
+from .paths import RUN_ENTRIES, engine_root, run_dir
 
 
 
@@ -50,6 +53,7 @@ class RunOptions:
     privileged: bool = False  # every capability, no masked or read-only paths
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     no_new_privileges: bool = True
+    seccomp_profile: dict | None = field(default_factory=default_profile)   # Docker's format; None: unconfined
 
     @classmethod
     def parse(cls, image: str, args: list[str] | str | None = None, *, name: str = "", hostname: str = "",
@@ -74,14 +78,15 @@ class RunOptions:
         if init:
             host_init_binary()   # a missing tini fails here too
         capabilities = choose_capabilities(cap_add or [], cap_drop or [], privileged)
-        no_new_privileges = parse_security_opts(security_opt or [])
+        no_new_privileges, seccomp_profile = parse_security_opts(security_opt or [])
         return cls(image=image, args=list(args or []), name=name, hostname=hostname, env=list(env or []),
                    volumes=[Volume.parse(v) for v in volumes or []], workdir=workdir,
                    memory=parse_memory(memory) if memory is not None else None,
                    cpus=parse_cpus(cpus) if cpus is not None else None,
                    pids_limit=int(pids_limit) if pids_limit is not None else None,
                    readonly=readonly, remove=remove, init=bool(init), privileged=bool(privileged),
-                   capabilities=capabilities, no_new_privileges=no_new_privileges)
+                   capabilities=capabilities, no_new_privileges=no_new_privileges,
+                   seccomp_profile=None if privileged else seccomp_profile)
 
     @property
     def limits(self) -> Limits:
@@ -116,21 +121,27 @@ HOST_INIT = "/usr/bin/tini-static"      # Debian's tini package
 INIT_PATH = "/sbin/docker-init"
 
 
-def parse_security_opts(options: list[str]) -> bool:
-    """--security-opt values, as Docker spells them; returns whether no_new_privs is set.
+def parse_security_opts(options: list[str]) -> tuple[bool, dict | None]:
+    """--security-opt values, as Docker spells them: (no_new_privs, the seccomp profile or None).
 
-    Only no-new-privileges is understood so far; anything else is refused by name rather
+    ``no-new-privileges[=true|false]``, ``seccomp=unconfined`` and ``seccomp=PROFILE.json``
+    (Docker's profile format). Anything else (apparmor, label) is refused by name rather
     than silently ignored.
     """
-    no_new_privileges = True
+    no_new_privileges, profile = True, default_profile()
     for option in options:
         key, _, value = option.partition("=") if "=" in option else option.partition(":")
         if key == "no-new-privileges" and value in ("", "true", "false"):
             no_new_privileges = value != "false"
+        elif key == "seccomp" and value == "unconfined":
+            profile = None
+        elif key == "seccomp" and value:
+            profile = load_profile_file(value)
+            profile_to_oci(profile, ())   # a malformed profile fails here, before anything exists
         else:
-            raise MinicontainerError(f"unsupported --security-opt {option!r}: only no-new-privileges[=true|false] "
-                                     "is supported so far (seccomp and apparmor are not)")
-    return no_new_privileges
+            raise MinicontainerError(f"unsupported --security-opt {option!r}: use no-new-privileges[=false], "
+                                     "seccomp=unconfined or seccomp=PROFILE.json (apparmor and label are not supported)")
+    return no_new_privileges, profile
 
 
 def host_init_binary() -> str:
@@ -185,7 +196,9 @@ def spec_for(record: ContainerRecord, image: Image, lowers: list[str], opts: Run
                          upper=str(record.dir / "upper"), work=str(record.dir / "work"), env=env,
                          cwd=opts.workdir or cfg.get("WorkingDir") or "/",
                          hostname=opts.hostname or record.id[:12], volumes=volumes, readonly=opts.readonly,
-                         capabilities=opts.capabilities, no_new_privileges=opts.no_new_privileges)
+                         capabilities=opts.capabilities, no_new_privileges=opts.no_new_privileges,
+                         seccomp=None if opts.seccomp_profile is None
+                         else profile_to_oci(opts.seccomp_profile, opts.capabilities))
     if opts.privileged:   # as Docker's --privileged: nothing of the kernel is hidden or protected
         spec.masked_paths, spec.readonly_paths = (), ()
     return spec
@@ -218,6 +231,9 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
         # the OCI bundle: the runtime runs what config.json says, and nothing else
         write_bundle(record.dir / "bundle", oci_config(spec, opts), durable=not opts.remove)
         spec = read_bundle(record.dir / "bundle", record.id)
+        if spec.seccomp is not None:   # compiled once per profile, not once per CLI call
+            make_private_dir(run_dir(), ours=RUN_ENTRIES)
+            compile_filter(spec.seccomp, cache_dir=run_dir() / "seccomp")
     except BaseException:
         cgroup.remove()
         remove_record(record)

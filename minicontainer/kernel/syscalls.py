@@ -44,6 +44,8 @@ PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -178,6 +180,24 @@ def set_no_new_privs() -> None:
     """prctl(PR_SET_NO_NEW_PRIVS, 1): execve never grants privileges again (setuid bits and
     file capabilities are ignored). It is inherited by every child and can't be unset."""
     _check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+class _SockFprog(ctypes.Structure):
+    # struct sock_fprog: the length in instructions, and a pointer to 8-byte sock_filter records
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def set_seccomp_filter(program: bytes) -> None:
+    """prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER): from now on the kernel runs this BPF
+    program on every system call of the caller and of every process it starts.
+
+    The kernel refuses (EACCES) unless no_new_privs is set or the caller has CAP_SYS_ADMIN,
+    so that a filter can't make a setuid program misbehave. A filter can never be removed.
+    """
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.addressof(buffer))
+    _check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(fprog), 0, 0), "prctl(PR_SET_SECCOMP)",
+           "a seccomp filter needs no_new_privs or CAP_SYS_ADMIN")
 
 
 _FLAG_NAMES = [(CLONE_NEWPID, "CLONE_NEWPID"), (CLONE_NEWNS, "CLONE_NEWNS"), (CLONE_NEWUTS, "CLONE_NEWUTS"),

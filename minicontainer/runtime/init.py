@@ -10,7 +10,7 @@ import os
 import stat
 
 from ..errors import MinicontainerError
-from ..kernel import mounts, namespaces, security, syscalls
+from ..kernel import mounts, namespaces, seccomp, security, syscalls
 from .. import trace
 from ..trace import Step
 from .spec import ContainerSpec
@@ -109,10 +109,13 @@ def _execve(path: str, args: list[str], env: list[str]) -> None:
 
 
 def apply_security_profile(spec: ContainerSpec) -> None:
-    """The last steps before exec: hide and protect kernel files, drop capabilities, no_new_privs.
+    """The last steps before exec: hide and protect kernel files, drop capabilities, no_new_privs, seccomp.
 
     Masking needs CAP_SYS_ADMIN, so it comes first; after the capabilities are dropped the
-    container's root can't undo any of it (no mount, no remount read-write).
+    container's root can't undo any of it (no mount, no remount read-write). The seccomp
+    filter goes last, so it needn't allow what the runtime itself does before exec, except
+    without no_new_privs: then the kernel accepts a filter only from a holder of
+    CAP_SYS_ADMIN, so it goes in before the capabilities are dropped (as runc does).
     """
     in_own_mount_ns = trace.is_planning() or os.stat("/proc/self/ns/mnt").st_ino != _HOST_MOUNT_NS
     if in_own_mount_ns:
@@ -120,9 +123,13 @@ def apply_security_profile(spec: ContainerSpec) -> None:
             mounts.mask_paths(spec.masked_paths)
         if spec.readonly_paths:
             mounts.readonly_paths(spec.readonly_paths)
+    if spec.seccomp is not None and not spec.no_new_privileges:
+        seccomp.load_filter(spec.seccomp)
     security.drop_capabilities(spec.capabilities)
     if spec.no_new_privileges:
         security.no_new_privileges()
+        if spec.seccomp is not None:
+            seccomp.load_filter(spec.seccomp)
 
 
 def exec_command(spec: ContainerSpec, stdio: tuple[int, int, int] | None = None) -> None:

@@ -20,6 +20,7 @@ from ..atomic import write_json_atomic
 from ..errors import InvalidArgument
 from ..kernel.devices import DeviceRule
 from ..kernel.mounts import Volume
+from ..kernel.seccomp import ACTIONS as SECCOMP_ACTIONS
 from .spec import ContainerSpec
 
 OCI_VERSION = "1.2.0"
@@ -71,6 +72,8 @@ def spec_to_config(spec: ContainerSpec, *, memory: int | None = None, cpus: floa
                    "maskedPaths": list(spec.masked_paths), "readonlyPaths": list(spec.readonly_paths)}
     if resources:
         linux["resources"] = resources
+    if spec.seccomp is not None:
+        linux["seccomp"] = spec.seccomp
     return {
         "ociVersion": OCI_VERSION,
         "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": list(spec.args),
@@ -87,6 +90,18 @@ def spec_to_config(spec: ContainerSpec, *, memory: int | None = None, cpus: floa
                         ANNOTATION + "overlay.workdir": spec.work,
                         ANNOTATION + "cgroup.procs": json.dumps(spec.cgroup_procs)},
     }
+
+
+def check_seccomp(seccomp: dict) -> None:
+    """Refuse, by field, the parts of linux.seccomp the runtime can't apply."""
+    if seccomp.get("listenerPath") or seccomp.get("listenerMetadata"):
+        raise _refuse("linux.seccomp.listenerPath", "is set (seccomp user notification)")
+    if seccomp.get("flags"):
+        raise _refuse("linux.seccomp.flags", f"is {seccomp['flags']}")
+    actions = [seccomp.get("defaultAction")] + [rule.get("action") for rule in seccomp.get("syscalls") or []]
+    for action in actions:
+        if action not in SECCOMP_ACTIONS:
+            raise _refuse("linux.seccomp", f"has action {action!r}")
 
 
 def _refuse(field: str, why: str) -> InvalidArgument:
@@ -115,7 +130,10 @@ def spec_from_config(config: dict, container_id: str) -> ContainerSpec:
         if mount.get("type") != "bind" or not set(options) <= {"rbind", "bind", "ro", "rw"}:
             raise _refuse("mounts", f"has {mount.get('destination')!r} ({mount.get('type')}, {options})")
         volumes.append(Volume(mount["source"], mount["destination"], "ro" in options))
-    for field in ("seccomp", "devices", "sysctl", "uidMappings", "gidMappings"):
+    seccomp = linux.get("seccomp")
+    if seccomp is not None:
+        check_seccomp(seccomp)
+    for field in ("devices", "sysctl", "uidMappings", "gidMappings"):
         if linux.get(field):
             raise _refuse(f"linux.{field}", "is set")
     caps = process.get("capabilities") or {}
@@ -130,6 +148,7 @@ def spec_from_config(config: dict, container_id: str) -> ContainerSpec:
         namespaces=tuple(namespaces), volumes=volumes, readonly=bool(config["root"].get("readonly")),
         cgroup_procs=json.loads(notes.get(ANNOTATION + "cgroup.procs", "[]")),
         capabilities=tuple(caps.get("bounding") or ()), no_new_privileges=bool(process.get("noNewPrivileges")),
+        seccomp=seccomp,
         masked_paths=tuple(linux.get("maskedPaths") or ()), readonly_paths=tuple(linux.get("readonlyPaths") or ()))
 
 

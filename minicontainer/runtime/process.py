@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from .. import trace
 from ..errors import MinicontainerError
-from ..kernel import namespaces, syscalls
+from ..kernel import namespaces, seccomp, syscalls
 from ..trace import Step
 from .init import ExecError, container_init, join_cgroup
 from .spec import ContainerSpec
@@ -269,6 +269,8 @@ def start_container(spec: ContainerSpec, stdio: tuple[int, int, int] = (0, 1, 2)
     ``stdio`` are the fds that become the container's 0, 1 and 2. ``close_in_child`` are
     engine-side fds (pipe ends) the children must not keep open.
     """
+    if spec.seccomp is not None:
+        seccomp.compile_filter(spec.seccomp)   # in the engine: the child only loads the compiled program
     trace_r, trace_w = os.pipe2(os.O_CLOEXEC)
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     step = Step("fork", call="fork()", shell="", why="the engine never changes its own namespaces: a child does it")

@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 from .. import trace
-from ..kernel import mounts, namespaces, security
+from ..kernel import mounts, namespaces, seccomp, security, syscalls
 from ..kernel.mounts import Volume
 from ..trace import Step
 from . import init
@@ -44,14 +44,20 @@ _HELD = security.held_capabilities()
 
 def _run(args: list[str], env: list[str], cwd: str, spec: ContainerSpec) -> dict:
     """Fork and exec a command inside the sandbox, capturing its output."""
-    step = Step("run_command", call=f"fork(); drop capabilities, no_new_privs; execve({args[0]!r}, {args!r})",
+    step = Step("run_command", call=f"fork(); drop capabilities, no_new_privs, seccomp; execve({args[0]!r}, {args!r})",
                 shell=" ".join(args),
                 why="a command started now inherits every namespace, mount and cgroup the sandbox has so far, "
-                    "and gets the container's capabilities and no_new_privs, as an exec'd container would")
+                    "and gets the container's capabilities, no_new_privs and seccomp filter, as an exec'd "
+                    "container would")
     keep = security.capability_mask(spec.capabilities) & _HELD
+    program = seccomp.compile_filter(spec.seccomp) if spec.seccomp is not None else b""
 
     def restricted() -> None:   # in the forked child, just before it execs the command
+        if program and not spec.no_new_privileges:
+            syscalls.set_seccomp_filter(program)
         security.restrict(keep, no_new_privs=spec.no_new_privileges)
+        if program and spec.no_new_privileges:
+            syscalls.set_seccomp_filter(program)
 
     done = step.do(lambda: subprocess.run(args, capture_output=True, cwd=cwd, text=True, preexec_fn=restricted,
                                           env=dict(e.split("=", 1) for e in env)))
@@ -122,6 +128,8 @@ def serve(spec: ContainerSpec) -> None:
 def main() -> None:
     spec = ContainerSpec(**json.loads(os.environ["MINICONTAINER_SANDBOX_SPEC"]))
     spec.volumes = []
+    if spec.seccomp is not None:   # now, while libseccomp and its Python binding are still reachable
+        seccomp.compile_filter(spec.seccomp)
     serve(spec)
 
 

@@ -5,7 +5,14 @@ from dataclasses import dataclass, field
 
 from ..kernel.mounts import MASKED_PATHS, READONLY_PATHS, Volume
 from ..kernel.namespaces import DEFAULT_NAMESPACES
+from ..kernel.seccomp import profile_to_oci
+from ..kernel.seccomp_profile import default_profile
 from ..kernel.security import DEFAULT_CAPABILITIES
+
+
+def default_seccomp() -> dict:
+    """The default seccomp allow-list, decided for the default capabilities (OCI linux.seccomp)."""
+    return profile_to_oci(default_profile(), DEFAULT_CAPABILITIES)
 
 
 @dataclass
@@ -25,10 +32,11 @@ class ContainerSpec:
     volumes: list[Volume] = field(default_factory=list)
     readonly: bool = False
     cgroup_procs: list[str] = field(default_factory=list)   # cgroup.procs files to join
-    # the security profile (the OCI spec's process.capabilities, noNewPrivileges,
-    # linux.maskedPaths and linux.readonlyPaths)
+    # the security profile (the OCI spec's process.capabilities, noNewPrivileges, linux.seccomp,
+    # linux.maskedPaths and linux.readonlyPaths); seccomp None means unconfined
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     no_new_privileges: bool = True
+    seccomp: dict | None = field(default_factory=default_seccomp)
     masked_paths: tuple[str, ...] = MASKED_PATHS
     readonly_paths: tuple[str, ...] = READONLY_PATHS
 
