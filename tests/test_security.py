@@ -179,3 +179,52 @@ def test_an_engine_root_left_open_by_an_older_version_is_closed(tmp_path, monkey
     monkeypatch.setenv("MINICONTAINER_ROOT", str(old))
     minicontainer.run("busybox", ["true"])
     assert old.stat().st_mode & 0o777 == 0o700
+
+
+def test_an_image_whose_command_is_proc_self_exe_never_gets_the_hosts_interpreter():
+    # runc's CVE-2019-5736: before the last execve PID 1 is the engine's Python, so the kernel
+    # would resolve /proc/self/exe to the host's interpreter. Through the sealed trampoline it
+    # resolves to the trampoline, which with no path to run exits 127: no Python starts.
+    result = minicontainer.run("busybox", ["/proc/self/exe", "-c", "print('host python')"])
+    assert result.exit_code == 127 and "python" not in result.output.lower(), result.output
+    step = next(s for s in result.trace.steps if s.name == "execve")
+    assert "sealed memfd" in step.call
+
+
+def test_the_trampoline_is_sealed_so_nobody_can_write_it():
+    from minicontainer.runtime.sealed_exec import sealed_memfd, trampoline_elf, trampoline_is_sealed
+
+    fd = sealed_memfd("test-trampoline", trampoline_elf())
+    try:
+        assert trampoline_is_sealed(fd)
+        with pytest.raises(PermissionError):
+            os.pwrite(fd, b"\x90", 0)            # F_SEAL_WRITE
+        with pytest.raises(PermissionError):
+            os.ftruncate(fd, 0)                   # F_SEAL_SHRINK
+        # reopened for writing, as the CVE's exploit reopened /proc/PID/exe, it still takes no write
+        with open(f"/proc/self/fd/{fd}", "r+b", buffering=0) as reopened, pytest.raises(PermissionError):
+            reopened.write(b"\x90")
+        assert os.pread(fd, 4, 0) == b"\x7fELF"
+    finally:
+        os.close(fd)
+
+
+def test_the_command_runs_with_its_own_argv_and_env_after_the_trampoline():
+    result = minicontainer.run("busybox", ["sh", "-c", 'echo "$0|$1|$FOO"; head -c 6 /proc/$$/cmdline | tr "\\0" "|"; '
+                                                 'echo; readlink /proc/$$/exe', "zero", "one"], env=["FOO=bar"])
+    assert result.stdout == "zero|one|bar\nsh|-c|\n/bin/busybox\n", result.output
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"echo no shebang\n", r"exec format error \(a script without #!"),
+    (b"\x7fELF\x02\x01\x01" + bytes(11) + (183 if os.uname().machine == "x86_64" else 62).to_bytes(2, "little"),
+     "built for another platform"),
+])
+def test_a_command_the_kernel_cant_run_is_explained_before_the_last_execve(tmp_path, content, message):
+    (tmp_path / "prog").write_bytes(content)
+    (tmp_path / "prog").chmod(0o755)
+    from minicontainer.runtime.process import ContainerStartError
+
+    with pytest.raises(ContainerStartError, match=message) as info:
+        minicontainer.run("busybox", ["/x/prog"], volumes=[f"{tmp_path}:/x:ro"])
+    assert info.value.exit_code == 126

@@ -13,6 +13,7 @@ from ..errors import MinicontainerError
 from ..kernel import mounts, namespaces, seccomp, security, syscalls
 from .. import trace
 from ..trace import Step
+from .sealed_exec import exec_sealed
 from .spec import ContainerSpec
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
@@ -98,13 +99,32 @@ def find_executable(name: str, path_env: str) -> str:
     raise ExecError(f"exec: {name!r}: {where}", 127)
 
 
+def check_executable_format(path: str) -> None:
+    """What the kernel would say with ENOEXEC, said first: the last execve (by the sealed
+    trampoline) can only exit 127 when it fails, with nobody left to explain why."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return   # unreadable but executable (mode 0111): let the kernel decide
+    if head[:2] == b"#!":
+        return
+    if head[:4] != b"\x7fELF":
+        raise ExecError(f"exec: {path!r}: exec format error (a script without #!, or not a program)", 126)
+    machine = int.from_bytes(head[18:20], "little" if head[5] == 1 else "big")
+    if machine != _ELF_MACHINE.get(os.uname().machine, machine):
+        raise ExecError(f"exec: {path!r}: exec format error (built for another platform: ELF machine {machine})", 126)
+
+
+_ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
+
+
 def _execve(path: str, args: list[str], env: list[str]) -> None:
     env_map = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
     try:
-        os.execve(path, args, env_map)
+        # never a plain execve: see sealed_exec.py for why /proc/self/exe must not be the host's Python then
+        exec_sealed(path, args, env_map)
     except OSError as exc:
-        if exc.errno == 8:  # ENOEXEC: a binary for another CPU, or a script without #!
-            raise ExecError(f"exec: {path!r}: exec format error (built for another platform, or a script without #!)", 126) from None
         raise ExecError(f"exec: {path!r}: {exc.strerror}", 126) from None
 
 
@@ -146,15 +166,18 @@ def exec_command(spec: ContainerSpec, stdio: tuple[int, int, int] | None = None)
     except OSError:
         raise ExecError(f"working directory {spec.cwd!r} does not exist in the container: create it or pick another -w", 126) from None
     path = find_executable(spec.args[0], spec.path_env())
+    check_executable_format(path)
     if stdio is not None:
         for target, fd in enumerate(stdio):
             if fd != target:
                 os.dup2(fd, target)
     apply_security_profile(spec)
     syscalls.close_range_cloexec(3)
-    step = Step("execve", call=f"execve({path!r}, {spec.args!r}, env[{len(spec.env)}])",
+    step = Step("execve", call=f"execveat(<sealed memfd: the exec trampoline>, {path!r}, {spec.args!r}); "
+                                f"the trampoline: execve({path!r}, {spec.args!r}, env[{len(spec.env)}])",
                 shell=" ".join(spec.args),
-                why="the init process replaces itself with the command: from now on PID 1 *is* the command")
+                why="the init process replaces itself with the command: from now on PID 1 *is* the command "
+                    "(by way of a sealed copy of a tiny program, so /proc/self/exe never leads to a host binary)")
     # execve never returns on success, so the step is recorded just before it
     step.do(lambda: None)
     trace.flush()

@@ -19,6 +19,7 @@ from ..kernel.mounts import Volume
 from ..trace import Step
 from . import init
 from .process import record_init_fork
+from .sealed_exec import exec_sealed
 from .spec import ContainerSpec
 
 
@@ -44,23 +45,34 @@ _HELD = security.held_capabilities()
 
 def _run(args: list[str], env: list[str], cwd: str, spec: ContainerSpec) -> dict:
     """Fork and exec a command inside the sandbox, capturing its output."""
-    step = Step("run_command", call=f"fork(); drop capabilities, no_new_privs, seccomp; execve({args[0]!r}, {args!r})",
+    step = Step("run_command", call=f"fork(); drop capabilities, no_new_privs, seccomp; execve({args[0]!r}, {args!r}) "
+                                    "by way of the sealed trampoline",
                 shell=" ".join(args),
                 why="a command started now inherits every namespace, mount and cgroup the sandbox has so far, "
                     "and gets the container's capabilities, no_new_privs and seccomp filter, as an exec'd "
                     "container would")
     keep = security.capability_mask(spec.capabilities) & _HELD
     program = seccomp.compile_filter(spec.seccomp) if spec.seccomp is not None else b""
+    env_map = dict(e.split("=", 1) for e in env)
+    try:
+        path = init.find_executable(args[0], env_map.get("PATH", spec.path_env()))
+        init.check_executable_format(path)
+    except init.ExecError as exc:   # as a shell reports it: 127 not found, 126 not runnable
+        step.do(lambda: None)
+        step.result = f"exit {exc.exit_code}"
+        return {"exit_code": exc.exit_code, "stdout": "", "stderr": f"{exc}\n"}
 
-    def restricted() -> None:   # in the forked child, just before it execs the command
+    def restrict_and_exec() -> None:   # in the forked child: subprocess has set up stdio and cwd
         if program and not spec.no_new_privileges:
             syscalls.set_seccomp_filter(program)
         security.restrict(keep, no_new_privs=spec.no_new_privileges)
         if program and spec.no_new_privileges:
             syscalls.set_seccomp_filter(program)
+        syscalls.close_range_cloexec(3)   # subprocess would close the rest after this hook; we exec here
+        exec_sealed(path, args, env_map)
 
-    done = step.do(lambda: subprocess.run(args, capture_output=True, cwd=cwd, text=True, preexec_fn=restricted,
-                                          env=dict(e.split("=", 1) for e in env)))
+    done = step.do(lambda: subprocess.run(args, capture_output=True, cwd=cwd, text=True,
+                                          preexec_fn=restrict_and_exec, env=env_map))
     step.result = f"exit {done.returncode}"
     return {"exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
 
