@@ -65,7 +65,8 @@ def _add_other_verbs(sub) -> None:
     rmi.add_argument("-f", "--force", action="store_true", help="even if a container uses it")
     rmi.add_argument("images", nargs="+")
     rmi.set_defaults(func=cmd_rmi)
-    ins = sub.add_parser("inspect", help="show an image's details as JSON")
+    ins = sub.add_parser("inspect", help="show a container's or an image's details as JSON (a container's "
+                                         "includes its OCI bundle)")
     ins.add_argument("images", nargs="+")
     ins.set_defaults(func=cmd_inspect)
     h = sub.add_parser("history", help="show the layers and the commands that made them")
@@ -214,9 +215,21 @@ def cmd_rmi(a: argparse.Namespace) -> int:
 def cmd_inspect(a: argparse.Namespace) -> int:
     import json
 
+    from .engine.containers import ContainerNotFound, inspect_container
     from .engine.images import inspect_image
+    from .errors import ImageNotFound, MinicontainerError
 
-    print(json.dumps([inspect_image(name) for name in a.images], indent=4))
+    found = []
+    for name in a.images:   # as docker inspect: a container of that name or id first, else an image
+        try:
+            found.append(inspect_container(name))
+        except ContainerNotFound:
+            try:
+                found.append(inspect_image(name))
+            except ImageNotFound:
+                raise MinicontainerError(f"no such container or image: {name}: list images with "
+                                         "`minicontainer images`; a container's id is printed by run") from None
+    print(json.dumps(found, indent=4))
     return 0
 
 

@@ -1,7 +1,9 @@
 """The `minicontainer` command line, run as a real subprocess like a learner would."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -208,3 +210,25 @@ def test_security_flags_reach_the_container():
     refused = mc("run", "--rm", "--cap-add", "BOGUS", "busybox", "true")
     assert refused.returncode == 125 and refused.stderr.startswith("minicontainer: unknown capability 'BOGUS'")
     assert "Traceback" not in refused.stderr and refused.stderr.count("\n") == 1
+
+
+def test_seccomp_options_reach_the_container(tmp_path):
+    done = mc("run", "--rm", "--security-opt", "seccomp=unconfined", "busybox", "grep", "^Seccomp:", "/proc/self/status")
+    assert done.stdout.split() == ["Seccomp:", "0"], done.stderr
+    (tmp_path / "bad.json").write_text("{")
+    refused = mc("run", "--rm", "--security-opt", f"seccomp={tmp_path}/bad.json", "busybox", "true")
+    assert refused.returncode == 125 and "is not valid JSON" in refused.stderr and refused.stderr.count("\n") == 1
+
+
+def test_inspect_shows_a_containers_bundle_and_still_finds_images(engine_root):
+    assert mc("run", "--name", "kept", "busybox", "true").returncode == 0
+    shown = json.loads(mc("inspect", "kept").stdout)[0]
+    assert shown["Name"] == "/kept" and shown["State"]["Status"] == "exited" and shown["State"]["ExitCode"] == 0
+    config = json.loads(open(shown["Bundle"]["Config"]).read())   # the OCI config.json the runtime ran
+    assert config["process"]["args"] == ["true"] and shown["Bundle"]["Path"].endswith("/bundle")
+    assert json.loads(mc("inspect", shown["Id"][:10]).stdout)[0]["Id"] == shown["Id"]   # a unique id prefix
+    assert json.loads(mc("inspect", "busybox").stdout)[0]["RepoTags"] == ["busybox:latest"]
+    missing = mc("inspect", "nothing-here")
+    assert missing.returncode != 0 and missing.stderr.startswith("minicontainer: no such container or image: nothing-here")
+    assert missing.stderr.count("\n") == 1
+    shutil.rmtree(engine_root / "containers" / shown["Id"])   # no `rm` verb yet (the lifecycle issue)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 from ..atomic import file_lock, make_private_dir, write_json_atomic
-from ..errors import InvalidArgument, StateError
+from ..errors import InvalidArgument, MinicontainerError, StateError
 from ..image.store import ENGINE_ENTRIES
 from .paths import RUN_ENTRIES, containers_dir, run_dir
 
@@ -152,3 +152,53 @@ def remove_record(record: ContainerRecord) -> None:
     doomed = record.dir.with_name(f".rm-{record.id}")
     os.rename(record.dir, doomed)
     shutil.rmtree(doomed)
+
+
+class ContainerNotFound(MinicontainerError):
+    exit_code = 1
+
+
+def find_record(ref: str) -> ContainerRecord:
+    """A container by name, full id or unique id prefix, as docker finds one."""
+    records = list_records()
+    for record in records:
+        if ref in (record.name, record.id):
+            return record
+    matches = [r for r in records if ref and r.id.startswith(ref)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        raise InvalidArgument(f"container id prefix {ref!r} is ambiguous ({len(matches)} containers): give more of it")
+    raise ContainerNotFound(f"no such container: {ref}")
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "0001-01-01T00:00:00Z"
+
+
+def inspect_container(ref: str) -> dict:
+    """docker container inspect's main fields, plus where the container's OCI bundle is."""
+    record = find_record(ref)
+    state = record.read_state()
+    bundle = record.dir / "bundle"
+    return {
+        "Id": record.id,
+        "Name": "/" + record.name if record.name else "",
+        "Created": _iso(record.created_at),
+        "Path": record.args[0] if record.args else "",
+        "Args": record.args[1:],
+        "State": {"Status": state.status, "Running": state.status in ("running", "paused"),
+                  "Paused": state.status == "paused", "Pid": state.pid, "ExitCode": state.exit_code or 0,
+                  "OOMKilled": state.oom_killed, "StartedAt": _iso(state.started_at),
+                  "FinishedAt": _iso(state.finished_at)},
+        "Image": record.image_id,
+        "Config": {"Image": record.image, "Hostname": record.hostname or record.id[:12], "Env": record.env,
+                   "Cmd": record.args, "WorkingDir": record.cwd},
+        "HostConfig": {"Privileged": record.privileged, "ReadonlyRootfs": record.readonly,
+                       "Memory": record.memory or 0, "NanoCpus": int((record.cpus or 0) * 1e9),
+                       "PidsLimit": record.pids_limit, "Init": record.init, "Binds": record.volumes},
+        # minicontainer's own: the OCI runtime bundle this container is run from (runc run --bundle)
+        "Bundle": {"Path": str(bundle), "Config": str(bundle / "config.json")},
+        "Capabilities": record.capabilities,
+        "NoNewPrivileges": record.no_new_privileges,
+    }
