@@ -92,3 +92,12 @@ def test_runc_runs_the_same_bundle_unchanged(engine_root, tmp_path):
     assert "Seccomp:\t2" in ours.stdout   # a filter is loaded, by each runtime from the same linux.seccomp
     assert theirs.stdout == ours.stdout   # same hostname, capabilities, no_new_privs, seccomp, masked /proc/keys
     assert (bundle / "config.json").read_bytes() == before
+
+
+def test_a_privileged_read_write_sys_survives_the_trip_through_config_json():
+    spec = _spec()
+    spec.sys_readonly = False
+    config = spec_to_config(spec)
+    sysfs = next(m for m in config["mounts"] if m["destination"] == "/sys")
+    assert "ro" not in sysfs["options"] and spec_from_config(config, "c1") == spec
+    assert "ro" in next(m for m in spec_to_config(_spec())["mounts"] if m["destination"] == "/sys")["options"]

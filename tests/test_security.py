@@ -123,6 +123,9 @@ def test_privileged_gives_every_capability_the_engine_has_and_unmasks_the_kernel
                                privileged=True)
     assert capability_names(int(result.stdout.split()[1], 16)) == engine
     assert "mounted" in result.stdout       # what the defaults refuse, --privileged allows
+    default_sys = minicontainer.run("busybox", "grep ' /sys sysfs ' /proc/mounts").stdout.split()[3]
+    privileged_sys = minicontainer.run("busybox", "grep ' /sys sysfs ' /proc/mounts", privileged=True).stdout.split()[3]
+    assert default_sys.startswith("ro,") and privileged_sys.startswith("rw,"), (default_sys, privileged_sys)
     assert "mask_paths" not in result.trace.names() and "readonly_paths" not in result.trace.names()
 
 

@@ -200,7 +200,7 @@ def spec_for(record: ContainerRecord, image: Image, lowers: list[str], opts: Run
                          seccomp=None if opts.seccomp_profile is None
                          else profile_to_oci(opts.seccomp_profile, opts.capabilities))
     if opts.privileged:   # as Docker's --privileged: nothing of the kernel is hidden or protected
-        spec.masked_paths, spec.readonly_paths = (), ()
+        spec.masked_paths, spec.readonly_paths, spec.sys_readonly = (), (), False
     return spec
 
 

@@ -143,13 +143,15 @@ def mount_proc(rootfs: str) -> Step:
     return step
 
 
-def mount_sys(rootfs: str) -> Step:
-    """Mount sysfs read-only: the container may read kernel info but never change it."""
+def mount_sys(rootfs: str, readonly: bool = True) -> Step:
+    """Mount sysfs, read-only unless ``readonly=False`` (--privileged): the container may read kernel info but never change it."""
     target = _inside(rootfs, "/sys")
-    flags = sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
-    step = Step("mount_sys", call=f'mount("sysfs", "{target}", "sysfs", MS_RDONLY|MS_NOSUID|MS_NODEV|MS_NOEXEC, NULL)',
-                shell=f"mount -t sysfs -o ro sysfs {target}",
-                why="read-only /sys: tools can look, but no kernel setting can be changed from inside")
+    flags = (sc.MS_RDONLY if readonly else 0) | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+    shown = ("MS_RDONLY|" if readonly else "") + "MS_NOSUID|MS_NODEV|MS_NOEXEC"
+    step = Step("mount_sys", call=f'mount("sysfs", "{target}", "sysfs", {shown}, NULL)',
+                shell=f"mount -t sysfs -o {'ro' if readonly else 'rw'} sysfs {target}",
+                why="read-only /sys: tools can look, but no kernel setting can be changed from inside" if readonly
+                else "read-write /sys, as --privileged asks: the container can change host-wide kernel settings")
     step.do(_mount_at, "sysfs", target, "sysfs", flags)
     return step
 

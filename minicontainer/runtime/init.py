@@ -76,7 +76,8 @@ def setup_rootfs(spec: ContainerSpec) -> list[Step]:
              mounts.mount_overlay(spec.lowers, spec.upper, spec.work, spec.rootfs)]
     for volume in spec.volumes:
         steps += mounts.bind_volume(spec.rootfs, volume)
-    steps += [mounts.mount_proc(spec.rootfs), mounts.mount_dev(spec.rootfs), mounts.mount_sys(spec.rootfs),
+    steps += [mounts.mount_proc(spec.rootfs), mounts.mount_dev(spec.rootfs),
+              mounts.mount_sys(spec.rootfs, spec.sys_readonly),
               mounts.pivot_root(spec.rootfs), mounts.detach_old_root()]
     if spec.readonly:
         steps.append(mounts.remount_readonly("/"))

@@ -34,6 +34,8 @@ STANDARD_MOUNTS = [
      "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
     {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
 ]
+# --privileged: /sys read-write, as Docker's privileged spec has it
+SYSFS_RW = {**STANDARD_MOUNTS[2], "options": ["nosuid", "noexec", "nodev"]}
 CFS_PERIOD_US = 100_000
 
 
@@ -55,7 +57,7 @@ def spec_to_config(spec: ContainerSpec, *, memory: int | None = None, cpus: floa
                    pids: int | None = None, devices: tuple[DeviceRule, ...] | None = None) -> dict:
     """The runtime-spec config.json for ``spec``, with the cgroup limits and device rules the engine sets."""
     caps = list(spec.capabilities)
-    mounts = [dict(m) for m in STANDARD_MOUNTS]
+    mounts = [dict(m) for m in STANDARD_MOUNTS[:2]] + [dict(STANDARD_MOUNTS[2] if spec.sys_readonly else SYSFS_RW)]
     for volume in spec.volumes:
         mounts.append({"destination": volume.target, "type": "bind", "source": volume.source,
                        "options": ["rbind", "ro" if volume.readonly else "rw"]})
@@ -122,8 +124,11 @@ def spec_from_config(config: dict, container_id: str) -> ContainerSpec:
         if ns.get("type") not in ours or ns.get("path"):
             raise _refuse("linux.namespaces", f"has {ns}")
         namespaces.append(ours[ns["type"]])
-    volumes = []
+    volumes, sys_readonly = [], True
     for mount in config.get("mounts") or []:
+        if mount == SYSFS_RW:
+            sys_readonly = False
+            continue
         if mount in STANDARD_MOUNTS:
             continue
         options = mount.get("options") or []
@@ -146,6 +151,7 @@ def spec_from_config(config: dict, container_id: str) -> ContainerSpec:
         upper=notes.get(ANNOTATION + "overlay.upperdir", ""), work=notes.get(ANNOTATION + "overlay.workdir", ""),
         env=list(process.get("env") or []), cwd=process.get("cwd") or "/", hostname=config.get("hostname") or "",
         namespaces=tuple(namespaces), volumes=volumes, readonly=bool(config["root"].get("readonly")),
+        sys_readonly=sys_readonly,
         cgroup_procs=json.loads(notes.get(ANNOTATION + "cgroup.procs", "[]")),
         capabilities=tuple(caps.get("bounding") or ()), no_new_privileges=bool(process.get("noNewPrivileges")),
         seccomp=seccomp,

@@ -31,6 +31,7 @@ class ContainerSpec:
     namespaces: tuple[str, ...] = DEFAULT_NAMESPACES
     volumes: list[Volume] = field(default_factory=list)
     readonly: bool = False
+    sys_readonly: bool = True            # /sys read-only; --privileged mounts it read-write, as Docker does
     cgroup_procs: list[str] = field(default_factory=list)   # cgroup.procs files to join
     # the security profile (the OCI spec's process.capabilities, noNewPrivileges, linux.seccomp,
     # linux.maskedPaths and linux.readonlyPaths); seccomp None means unconfined
