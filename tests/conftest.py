@@ -1,6 +1,7 @@
 """Shared fixtures. Every test runs as root against the real kernel, in its own engine
 root, and the ``no_leftovers`` fixture fails any test that leaves a mount, a cgroup, a
-network namespace, a network interface, a process or its temp root behind."""
+device cgroup BPF program, a network namespace, a network interface, a process or its
+temp root behind. (A seccomp filter belongs to its process: a leftover process is caught.)"""
 from __future__ import annotations
 
 import os
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from minicontainer.kernel.devices import loaded_device_programs
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 
@@ -114,6 +117,7 @@ def no_leftovers(monkeypatch):
     contained_before = set(_processes_under(root, tag))
     # mounts that were there before (the v2 guest mounts tmpfs on /var/lib/minicontainer) aren't ours
     mounts_before = set(_mount_lines("minicontainer"))
+    programs_before = loaded_device_programs()
     yield Path(root)
 
     problems = []
@@ -145,6 +149,11 @@ def no_leftovers(monkeypatch):
                 os.rmdir(path)
             except OSError:
                 pass
+    # a device cgroup program is freed a moment after its cgroup is removed (RCU, a workqueue)
+    while loaded_device_programs() - programs_before and time.monotonic() < deadline + 5:
+        time.sleep(0.05)
+    if loaded_device_programs() - programs_before:
+        problems.append(f"device cgroup BPF programs left loaded: {sorted(loaded_device_programs() - programs_before)}")
     if _netns() - netns_before:
         problems.append(f"network namespaces left: {sorted(_netns() - netns_before)}")
     if _links() - links_before:

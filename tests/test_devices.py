@@ -85,3 +85,25 @@ def test_the_program_loaded_into_the_kernel_refuses_a_device_a_process_in_its_cg
     finally:
         os.rmdir(directory)
     assert answers == "ok|ok|Operation not permitted"
+
+
+@pytest.mark.skipif(_a_cgroup2_dir() is None, reason="needs a cgroup2 mount")
+def test_the_loaded_program_is_listed_while_its_cgroup_holds_it_and_freed_after():
+    # loaded_device_programs() is what the leak check uses to see a program left behind
+    import time
+
+    from minicontainer.kernel.devices import loaded_device_programs
+
+    before = loaded_device_programs()
+    directory = os.path.join(_a_cgroup2_dir(), f"{os.environ.get('MINICONTAINER_CGROUP_TAG', 't')}-listed")
+    os.mkdir(directory)
+    try:
+        attach_device_program(directory, device_program())
+        held = loaded_device_programs() - before
+    finally:
+        os.rmdir(directory)
+    assert len(held) == 1, "attaching loads exactly one device cgroup program"
+    deadline = time.monotonic() + 10
+    while held & loaded_device_programs() and time.monotonic() < deadline:
+        time.sleep(0.05)   # the kernel frees it shortly after the cgroup goes
+    assert not held & loaded_device_programs(), "the program should go with its cgroup"

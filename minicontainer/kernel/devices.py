@@ -195,3 +195,39 @@ def attach_device_program(cgroup_dir: str, program: list[Insn]) -> None:
     finally:
         os.close(cgroup_fd)
         os.close(prog_fd)
+
+
+BPF_PROG_GET_NEXT_ID, BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD = 11, 13, 15
+
+
+class _GetIdAttr(ctypes.Structure):
+    _fields_ = [("id", ctypes.c_uint32), ("next_id", ctypes.c_uint32), ("open_flags", ctypes.c_uint32)]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
+
+
+def loaded_device_programs() -> set[int]:
+    """The ids of every device cgroup program loaded in the kernel (``bpftool prog list``, filtered).
+
+    bpf(BPF_PROG_GET_NEXT_ID) walks the ids; for each, BPF_OBJ_GET_INFO_BY_FD reads its
+    type (the first field of struct bpf_prog_info). A program lives while a cgroup holds it.
+    """
+    found, attr = set(), _GetIdAttr(0, 0, 0)
+    while libc.syscall(_SYS_BPF, BPF_PROG_GET_NEXT_ID, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
+        prog_id = attr.next_id
+        attr = _GetIdAttr(prog_id, 0, 0)
+        fd = libc.syscall(_SYS_BPF, BPF_PROG_GET_FD_BY_ID, ctypes.byref(_GetIdAttr(prog_id, 0, 0)),
+                          ctypes.sizeof(_GetIdAttr))
+        if fd < 0:
+            continue   # freed since, or not ours to open
+        try:
+            info = (ctypes.c_uint32 * 2)()   # prog type, prog id
+            if libc.syscall(_SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(
+                    _InfoAttr(fd, ctypes.sizeof(info), ctypes.addressof(info))), ctypes.sizeof(_InfoAttr)) == 0 \
+                    and info[0] == BPF_PROG_TYPE_CGROUP_DEVICE:
+                found.add(prog_id)
+        finally:
+            os.close(fd)
+    return found
