@@ -3,8 +3,10 @@
 
 Measures, in one process tree and on an identical rootfs:
   minicontainer run (CLI)     a fresh `minicontainer run --rm busybox true` each time
-  minicontainer.run()         the in-process API
-  runc run                    on an OCI bundle of the same layer (if runc is installed)
+  minicontainer.run()         the in-process API, with the default security profile
+  minicontainer.run(privileged=True)   the same without it: no seccomp, masks or capability drop
+  runc run                    on an OCI bundle of the same layer (if runc is installed), given the
+                              same profile: Docker's 14 capabilities and our seccomp allow-list
   crun run                    same bundle; crun refuses hybrid cgroups, so it runs in a private
                               mount namespace with /sys/fs/cgroup/unified unmounted (DESIGN.md §9)
 and prints medians and ratios against runc. Usage: bench/run_latency.py [-n RUNS]
@@ -49,6 +51,12 @@ def make_bundle(root: Path, lower: str) -> Path:
     spec["process"]["terminal"] = False
     spec["process"]["args"] = ["true"]
     spec["root"]["readonly"] = False
+    # the profile minicontainer applies, so runc does the same work: 14 capabilities, the seccomp filter
+    from minicontainer.kernel.security import DEFAULT_CAPABILITIES
+    from minicontainer.runtime.spec import default_seccomp
+    caps = list(DEFAULT_CAPABILITIES)
+    spec["process"]["capabilities"] = {k: caps for k in ("bounding", "effective", "permitted", "inheritable")}
+    spec["linux"]["seccomp"] = default_seccomp()
     (bundle / "config.json").write_text(json.dumps(spec))
     return bundle
 
@@ -85,6 +93,7 @@ def main() -> None:
         runners = {
             "minicontainer run (CLI)": lambda: subprocess.run(cli + ["run", "--rm", "busybox", "true"], check=True),
             "minicontainer.run() in-process": lambda: minicontainer.run("busybox", ["true"]),
+            "minicontainer.run(privileged=True)": lambda: minicontainer.run("busybox", ["true"], privileged=True),
         }
         bundle = None
         if shutil.which("runc"):
