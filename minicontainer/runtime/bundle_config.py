@@ -366,8 +366,7 @@ def _parse_resources(config: BundleConfig, resources: dict) -> None:
 _RUNC_ALLOWED = (DeviceRule("c", -1, -1, "m"), DeviceRule("b", -1, -1, "m"),
                  DeviceRule("c", 1, 3, "rwm"), DeviceRule("c", 1, 5, "rwm"), DeviceRule("c", 1, 7, "rwm"),
                  DeviceRule("c", 1, 8, "rwm"), DeviceRule("c", 1, 9, "rwm"), DeviceRule("c", 5, 0, "rwm"),
-                 DeviceRule("c", 5, 1, "rwm"), DeviceRule("c", 5, 2, "rwm"), DeviceRule("c", 136, -1, "rwm"),
-                 DeviceRule("c", 10, 200, "rwm"))
+                 DeviceRule("c", 5, 2, "rwm"), DeviceRule("c", 136, -1, "rwm"), DeviceRule("c", 10, 200, "rwm"))
 
 
 def device_rules(entries: list[dict]) -> tuple[DeviceRule, ...] | None:
@@ -398,4 +397,6 @@ def device_rules(entries: list[dict]) -> tuple[DeviceRule, ...] | None:
                                     "".join(c for c in "rwm" if c in access)))
     if allow_all:
         return None
-    return tuple(rules) + _RUNC_ALLOWED
+    # in runc's order (it sorts its rules: block before char, "*" first, then by number); no duplicates
+    unique = dict.fromkeys(rules + list(_RUNC_ALLOWED))
+    return tuple(sorted(unique, key=lambda r: (r.kind, r.major, r.minor)))

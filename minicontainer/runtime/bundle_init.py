@@ -261,6 +261,37 @@ def set_domainname(name: str) -> Step:
     return step
 
 
+# statvfs(3) flags -> the mount flags a remount must repeat (the kernel refuses to drop locked ones)
+STATVFS_FLAGS = {os.ST_NOSUID: sc.MS_NOSUID, os.ST_NODEV: sc.MS_NODEV, os.ST_NOEXEC: sc.MS_NOEXEC,
+                 os.ST_NOATIME: sc.MS_NOATIME, os.ST_NODIRATIME: 2048, os.ST_RELATIME: 1 << 21}
+
+
+def _current_flags(path: str) -> int:
+    flags = os.statvfs(path).f_flag
+    return sum(ms for st, ms in STATVFS_FLAGS.items() if flags & st)
+
+
+def readonly_paths(paths: list[str]) -> Step:
+    """Bind each path onto itself and remount it read-only, keeping its other flags (runc's way)."""
+    step = Step("readonly_paths", call=f"mount(path, path, MS_BIND|MS_REC); mount(MS_BIND|MS_REMOUNT|MS_RDONLY) "
+                                       f"on {len(paths)} paths",
+                shell="mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys; …",
+                why="/proc/sys holds host-wide kernel settings (sysctl) and /proc/sysrq-trigger can reboot the host")
+
+    def protect() -> str:
+        done = []
+        for path in paths:
+            if not os.path.exists(path):
+                continue
+            sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
+            sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _current_flags(path))
+            done.append(path)
+        return "read-only " + " ".join(done)
+
+    step.do(protect)
+    return step
+
+
 def lookup_executable(config: BundleConfig) -> str:
     """Find process.args[0] as runc does (in the new root, along process.env's PATH), in runc's words."""
     name = config.args[0]
@@ -350,7 +381,7 @@ def enter_root(config: BundleConfig) -> None:
     if config.readonly:
         mounts.remount_readonly("/")
     if config.readonly_paths:
-        mounts.readonly_paths(tuple(config.readonly_paths))
+        readonly_paths(config.readonly_paths)
     if config.masked_paths:
         mounts.mask_paths(tuple(config.masked_paths))
 
@@ -378,7 +409,7 @@ def restrict_process(config: BundleConfig) -> None:
 
 
 def _load_seccomp(profile: dict) -> None:
-    from ..kernel import seccomp   # libseccomp: only for bundles that ask for a filter
+    from ..kernel import seccomp   # imported (and the filter compiled) by create, before pivot_root
 
     seccomp.load_filter(profile)
 

@@ -277,6 +277,11 @@ def create(root: str, container_id: str, bundle: str, pid_file: str | None = Non
         container = Container(root, record)
         cgroup, parents = set_up_cgroup(config, container_id)
         record.cgroup_name, record.cgroup_paths, record.cgroup_parents = cgroup.name, cgroup.paths(), parents
+        if config.seccomp is not None:
+            # compiled here, before fork: after pivot_root the init can't import libseccomp's bindings
+            from ..kernel import seccomp
+
+            seccomp.compile_filter(config.seccomp)
         os.mkfifo(container.fifo, 0o622)
         os.chmod(container.fifo, 0o622)   # mkfifo honours the umask; the init may write as any user
         init_pid = launch(config, container, cgroup)
