@@ -24,8 +24,9 @@ def _parser(verb: str | None = None) -> argparse.ArgumentParser:
 
 def _add_run(sub) -> None:
     # add_help=False: like docker, -h means --hostname here
-    r = sub.add_parser("run", help="run a command in a new container (in the foreground)", add_help=False)
+    r = sub.add_parser("run", help="run a command in a new container", add_help=False)
     r.add_argument("--help", action="help", help="show this help and exit")
+    r.add_argument("-d", "--detach", action="store_true", help="run in the background and print the container id")
     r.add_argument("--name", default="")
     r.add_argument("--hostname", "-h", default="")
     r.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
@@ -52,7 +53,138 @@ def _add_run(sub) -> None:
     r.set_defaults(func=cmd_run)
 
 
+def _add_container_verbs(sub) -> None:
+    p = sub.add_parser("ps", help="list containers (running ones; -a for all)")
+    p.add_argument("-a", "--all", action="store_true", help="also created and exited containers")
+    p.add_argument("-q", "--quiet", action="store_true", help="only the ids")
+    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.set_defaults(func=cmd_ps)
+    st = sub.add_parser("stop", help="stop containers: SIGTERM, then SIGKILL after the grace period")
+    st.add_argument("-t", "--time", type=float, default=10, help="seconds to wait before SIGKILL (default 10)")
+    st.add_argument("containers", nargs="+")
+    st.set_defaults(func=cmd_stop)
+    k = sub.add_parser("kill", help="send a signal to containers' PID 1 (SIGKILL by default)")
+    k.add_argument("-s", "--signal", default="KILL")
+    k.add_argument("containers", nargs="+")
+    k.set_defaults(func=cmd_kill)
+    for verb, text in (("pause", "freeze every process of containers (cgroup freezer)"),
+                       ("unpause", "thaw paused containers")):
+        v = sub.add_parser(verb, help=text)
+        v.add_argument("containers", nargs="+")
+        v.set_defaults(func=cmd_pause if verb == "pause" else cmd_unpause)
+    rm = sub.add_parser("rm", help="remove containers (their upper dir, logs and state)")
+    rm.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    rm.add_argument("containers", nargs="+")
+    rm.set_defaults(func=cmd_rm)
+    w = sub.add_parser("wait", help="block until containers exit, print their exit codes")
+    w.add_argument("containers", nargs="+")
+    w.set_defaults(func=cmd_wait)
+    lg = sub.add_parser("logs", help="show a container's output (run -d keeps it)")
+    lg.add_argument("-f", "--follow", action="store_true", help="keep printing new output until it exits")
+    lg.add_argument("--tail", default="all", help="only the last N lines")
+    lg.add_argument("-t", "--timestamps", action="store_true")
+    lg.add_argument("container")
+    lg.set_defaults(func=cmd_logs)
+
+
+def _each(refs: list[str], action) -> int:
+    """Apply ``action`` to each container, printing its name as docker does; 1 if any failed."""
+    from .errors import MinicontainerError
+
+    status = 0
+    for ref in refs:
+        try:
+            result = action(ref)
+            print(ref if result is None else result)
+        except MinicontainerError as exc:
+            print(f"minicontainer: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def cmd_ps(a: argparse.Namespace) -> int:
+    import json
+
+    from .engine.verbs import ps, ps_table
+
+    rows = ps(all=a.all)
+    if a.quiet:
+        print("\n".join(r["ID"][:12] for r in rows) if rows else "", end="\n" if rows else "")
+    elif a.format == "json":
+        for row in rows:
+            print(json.dumps(row))
+    else:
+        print(ps_table(rows))
+    return 0
+
+
+def cmd_stop(a: argparse.Namespace) -> int:
+    from .engine.verbs import stop
+
+    return _each(a.containers, lambda ref: stop(ref, a.time) and None)
+
+
+def cmd_kill(a: argparse.Namespace) -> int:
+    from .engine.verbs import kill, parse_signal
+
+    parse_signal(a.signal)   # a bad signal is one error, not one per container
+    return _each(a.containers, lambda ref: kill(ref, a.signal) and None)
+
+
+def cmd_pause(a: argparse.Namespace) -> int:
+    from .engine.verbs import pause
+
+    return _each(a.containers, lambda ref: pause(ref) and None)
+
+
+def cmd_unpause(a: argparse.Namespace) -> int:
+    from .engine.verbs import unpause
+
+    return _each(a.containers, lambda ref: unpause(ref) and None)
+
+
+def cmd_rm(a: argparse.Namespace) -> int:
+    from .engine.verbs import remove
+
+    return _each(a.containers, lambda ref: remove(ref, force=a.force) and None)
+
+
+def cmd_wait(a: argparse.Namespace) -> int:
+    from .engine.verbs import wait
+
+    return _each(a.containers, wait)
+
+
+def cmd_logs(a: argparse.Namespace) -> int:
+    import time
+
+    from .engine.containers import find_record
+    from .engine.verbs import read_logs, reconcile
+
+    if a.tail != "all" and not a.tail.isdigit():
+        from .errors import InvalidArgument
+        raise InvalidArgument(f"invalid --tail {a.tail!r}: give a number of lines, or all")
+    tail = None if a.tail == "all" else int(a.tail)
+    shown = 0
+    while True:
+        lines = read_logs(a.container, timestamps=a.timestamps)
+        new = lines[shown:] if shown else (lines if tail is None else lines[-tail:] if tail else [])
+        for stream, text in new:
+            (sys.stdout if stream == "stdout" else sys.stderr).write(text)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        shown = len(lines)
+        if not a.follow:
+            return 0
+        state = reconcile(find_record(a.container))
+        if state is None or state.status not in ("running", "paused"):
+            if len(read_logs(a.container)) == shown:
+                return 0
+        time.sleep(0.1)
+
+
 def _add_other_verbs(sub) -> None:
+    _add_container_verbs(sub)
     i = sub.add_parser("images", help="list images")
     i.add_argument("-q", "--quiet", action="store_true", help="only show image ids")
     i.add_argument("-a", "--all", action="store_true", help="also show untagged images")
@@ -161,6 +293,11 @@ def cmd_run(a: argparse.Namespace) -> int:
         print(json.dumps(plan_config(a.image, a.cmd, **kwargs), indent=2))
         return 0
     opts = RunOptions.parse(a.image, a.cmd, remove=a.rm, **kwargs)
+    if a.detach:
+        from .engine.run import run_detached
+
+        print(run_detached(opts).id)
+        return 0
     state, trace, _ = run_foreground(opts)
     if a.trace:
         sys.stdout.flush()

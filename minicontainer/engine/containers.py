@@ -40,6 +40,7 @@ class ContainerState:
     oom_killed: bool = False
     started_at: float = 0.0
     finished_at: float = 0.0
+    monitor_pid: int = 0        # a detached container's monitor (run -d); 0 when run in the foreground
 
 
 @dataclass
@@ -64,6 +65,7 @@ class ContainerRecord:
     capabilities: list[str] = field(default_factory=list)
     no_new_privileges: bool = True
     created_at: float = 0.0
+    auto_remove: bool = False     # --rm: removed as soon as it exits, even if found exited later by ps
 
     @property
     def dir(self) -> Path:

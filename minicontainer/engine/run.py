@@ -7,14 +7,16 @@ back everything made before it.
 """
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import signal
+import sys
 import time
 from dataclasses import dataclass, field
 
 from .. import trace
-from ..atomic import make_private_dir
+from ..atomic import file_lock, make_private_dir
 from ..errors import MinicontainerError, require_root
 from ..image.reference import parse_reference
 from ..image.store import BUILTIN_REF, Image, ImageStore, host_platform
@@ -24,12 +26,12 @@ from ..kernel.mounts import Volume
 from ..kernel.seccomp import compile_filter, load_profile_file, profile_to_oci
 from ..kernel.seccomp_profile import default_profile
 from ..kernel.security import DEFAULT_CAPABILITIES, choose_capabilities
-from ..runtime.process import FORWARDED_SIGNALS, ContainerProcess, start_container
+from ..runtime.process import FORWARDED_SIGNALS, ContainerProcess, ContainerStartError, start_container
 from ..runtime.oci import read_bundle, spec_to_config, write_bundle
 from ..runtime.spec import ContainerSpec
 from ..trace import Step, Trace
 from .containers import ContainerRecord, ContainerState, create_record, remove_record
-from .paths import RUN_ENTRIES, engine_root, run_dir
+from .paths import RUN_ENTRIES, containers_dir, engine_root, run_dir
 
 
 
@@ -221,7 +223,7 @@ def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
                            volumes=[f"{v.source}:{v.target}{':ro' if v.readonly else ''}" for v in opts.volumes],
                            readonly=opts.readonly, memory=opts.memory, cpus=opts.cpus, pids_limit=opts.pids_limit,
                            init=opts.init, privileged=opts.privileged, capabilities=list(opts.capabilities),
-                           no_new_privileges=opts.no_new_privileges,
+                           no_new_privileges=opts.no_new_privileges, auto_remove=opts.remove,
                            durable=not opts.remove)
     cgroup = open_cgroup(cgroup_name(record.id))
     try:
@@ -277,7 +279,8 @@ def finish(record: ContainerRecord, cgroup: Cgroup, proc: ContainerProcess | Non
             if remove:
                 remove_record(record)
             else:
-                record.write_state(state)
+                with file_lock(containers_dir() / ".lock"):   # verbs.py's writes take it too
+                    record.write_state(state)
     finally:
         if proc is not None:
             proc.reap(block=wait_for_teardown)
@@ -390,6 +393,50 @@ def run_foreground(opts: RunOptions) -> tuple[ContainerState, Trace, ContainerRe
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
     return state, tr, record
+
+
+def run_detached(opts: RunOptions) -> ContainerRecord:
+    """run -d: create the container, hand it to a monitor process, return once its command runs.
+
+    The monitor (engine/monitor.py) starts the container from its bundle, logs its output,
+    waits for it and records how it ended; this process can exit as soon as it hears "started".
+    """
+    import subprocess
+
+    record, spec, cgroup = prepare(opts)
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    try:
+        with open(record.dir / "monitor.log", "ab") as errors:
+            starter = subprocess.Popen(
+                [sys.executable, "-m", "minicontainer.engine.monitor", record.id, str(ready_w)]
+                + (["--rm"] if opts.remove else []),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, pass_fds=(ready_w,),
+                start_new_session=True)   # a session of its own: no Ctrl-C or hangup from our terminal
+        os.close(ready_w)
+        ready_w = -1
+        starter.wait()   # it forks the monitor and exits at once
+        reply = _read_all(ready_r)
+    except BaseException:
+        finish(record, cgroup, None, remove=True)
+        raise
+    finally:
+        os.close(ready_r)
+        if ready_w >= 0:
+            os.close(ready_w)
+    answer = json.loads(reply) if reply else {"error": "the container's monitor died before starting it: see "
+                                                      f"{record.dir / 'monitor.log'}", "exit_code": 125}
+    if "error" in answer:
+        if record.dir.exists():
+            finish(record, cgroup, None, remove=True)
+        raise ContainerStartError(answer["error"], answer.get("exit_code", 125))
+    return record
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _planned_spec(opts: RunOptions) -> ContainerSpec:

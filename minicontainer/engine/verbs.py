@@ -1,0 +1,292 @@
+"""The verbs that act on existing containers: ps, stop, kill, pause, unpause, rm, wait, logs.
+
+Each asks the state machine (lifecycle.py) first, so a verb on a container in the wrong
+state is refused with the way out. Each reads the container's state *reconciled* with the
+kernel: the stored state says what the engine last wrote, but a kill -9 of the CLI or the
+monitor can leave "running" on disk for a container whose processes are gone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+from ..atomic import file_lock
+from ..kernel.cgroups import open_cgroup
+from .containers import ContainerRecord, ContainerState, find_record, list_records, remove_record
+from .lifecycle import transition
+from .monitor import log_path
+from .paths import containers_dir
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def _remove_cgroup(record: ContainerRecord) -> None:
+    from .run import cgroup_name
+
+    cgroup = open_cgroup(cgroup_name(record.id))
+    cgroup.kill_all()
+    cgroup.remove()
+
+
+def reconcile(record: ContainerRecord) -> ContainerState | None:
+    """The container's state, corrected if its processes are gone; None if that removed it (--rm).
+
+    Whoever watched it (the monitor, or the CLI of a foreground run) records the exit. If
+    the watcher itself is gone (kill -9), the container's processes went with it (each
+    holds PR_SET_PDEATHSIG on its parent): the container has exited, killed, so 137.
+    """
+    state = record.read_state()
+    if state.status not in ("running", "paused"):
+        return state
+    watcher = state.monitor_pid or state.pid
+    if _alive(watcher) and _alive(state.pid):
+        return state
+    with file_lock(containers_dir() / ".lock"):
+        state = record.read_state()    # the monitor may have recorded the exit meanwhile
+        if state.status not in ("running", "paused"):
+            return state
+        state.status, state.finished_at, state.pid = "exited", time.time(), 0
+        if state.exit_code is None:
+            state.exit_code = 137     # SIGKILL, the only way the processes went without a record
+        _remove_cgroup(record)
+        if record.auto_remove:
+            remove_record(record)
+            return None
+        record.write_state(state)
+    return state
+
+
+def _ago(seconds: float) -> str:
+    """Docker's human durations: "Less than a second", "3 seconds", "About a minute", "2 hours"."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s < 60:
+        return "1 second" if s == 1 else f"{s} seconds"
+    minutes = round(s / 60)
+    if minutes == 1:
+        return "About a minute"
+    if minutes < 60:
+        return f"{minutes} minutes"
+    hours = round(s / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    days = round(s / 86400)
+    if days < 14:
+        return f"{days} days"
+    return f"{days // 7} weeks" if days < 60 else f"{days // 30} months"
+
+
+def status_text(state: ContainerState, now: float | None = None) -> str:
+    """The STATUS column of ps: "Up 3 minutes (Paused)", "Exited (137) 2 seconds ago", "Created"."""
+    now = time.time() if now is None else now
+    if state.status == "running":
+        return f"Up {_ago(now - state.started_at)}"
+    if state.status == "paused":
+        return f"Up {_ago(now - state.started_at)} (Paused)"
+    if state.status == "exited":
+        return f"Exited ({state.exit_code if state.exit_code is not None else 0}) {_ago(now - state.finished_at)} ago"
+    return "Created"
+
+
+def ps(all: bool = False) -> list[dict]:
+    """One row per container, newest first, as `ps` (running only) or `ps -a` shows them."""
+    rows = []
+    now = time.time()
+    for record in list_records():
+        state = reconcile(record)
+        if state is None or (not all and state.status not in ("running", "paused")):
+            continue
+        command = " ".join(record.args) or "(image default)"
+        rows.append({"ID": record.id, "Image": _familiar(record.image), "Command": command,
+                     "CreatedAt": record.created_at, "Created": f"{_ago(now - record.created_at)} ago",
+                     "State": state.status, "Status": status_text(state, now), "Names": record.name,
+                     "ExitCode": state.exit_code, "Pid": state.pid})
+    return sorted(rows, key=lambda r: r["CreatedAt"], reverse=True)
+
+
+def _familiar(image: str) -> str:
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if image.startswith(prefix):
+            return image[len(prefix):]
+    return image
+
+
+def ps_table(rows: list[dict]) -> str:
+    """The aligned table `ps` prints, with docker's columns."""
+    header = ("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES")
+    lines = [(r["ID"][:12], r["Image"], json.dumps(_shorten(r["Command"], 20), ensure_ascii=False), r["Created"],
+              r["Status"], r["Names"])
+             for r in rows]
+    widths = [max(len(str(row[i])) for row in [header, *lines]) for i in range(len(header))]
+    return "\n".join("   ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip() for row in [header, *lines])
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _name(record: ContainerRecord) -> str:
+    return record.name or record.id[:12]
+
+
+def _live(ref: str, verb: str) -> tuple[ContainerRecord, ContainerState]:
+    """Find the container and check that ``verb`` may act on it now."""
+    record = find_record(ref)
+    state = reconcile(record)
+    if state is None:
+        from .containers import ContainerNotFound
+        raise ContainerNotFound(f"no such container: {ref}")
+    transition(_name(record), state.status, verb)
+    return record, state
+
+
+def wait_for_exit(record: ContainerRecord, timeout: float | None = None) -> ContainerState | None:
+    """Block until the container has exited (its watcher recorded it, or reconcile found it gone)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.002
+    while True:
+        state = reconcile(record) if record.dir.exists() else None
+        if state is None or state.status in ("exited", "created"):
+            _wait_for_monitor(state.monitor_pid if state is not None else 0)
+            return state
+        if deadline is not None and time.monotonic() >= deadline:
+            return state
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _wait_for_monitor(pid: int) -> None:
+    """Give the monitor the moment it needs after recording the exit (cgroup, namespaces torn
+    down), so that a verb that ended a container returns when nothing of it runs any more."""
+    deadline = time.monotonic() + 10
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def kill(ref: str, sig: int | str = signal.SIGKILL) -> ContainerRecord:
+    """Send a signal to the container's PID 1 (`kill -s SIG`); SIGKILL by default, as docker's."""
+    record, state = _live(ref, "kill")
+    number = parse_signal(sig)
+    os.kill(state.pid, number)
+    if state.status == "paused":   # a frozen process acts on a signal only once thawed
+        _thaw(record, state)
+    return record
+
+
+def parse_signal(sig: int | str) -> int:
+    """"TERM", "SIGTERM", "15" or 15 -> 15; a one-line error for anything else."""
+    from ..errors import InvalidArgument
+
+    if isinstance(sig, int) or str(sig).isdigit():
+        return int(sig)
+    name = str(sig).upper()
+    name = name if name.startswith("SIG") else "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise InvalidArgument(f"invalid signal {sig!r}: use a name such as TERM, KILL or HUP, or a number") from None
+
+
+def stop(ref: str, timeout: float = 10) -> ContainerRecord:
+    """SIGTERM to PID 1, then SIGKILL if it is still running ``timeout`` seconds later."""
+    record, state = _live(ref, "stop")
+    if state.status not in ("running", "paused"):
+        return record
+    os.kill(state.pid, signal.SIGTERM)
+    if state.status == "paused":
+        _thaw(record, state)
+    state = wait_for_exit(record, timeout)
+    if state is not None and state.status in ("running", "paused"):
+        os.kill(state.pid, signal.SIGKILL)
+        wait_for_exit(record)
+    return record
+
+
+def _set_status(record: ContainerRecord, expected: str, new: str) -> None:
+    """Record ``new`` only if the stored state is still ``expected``: the monitor may have
+    recorded the exit in between, and an exit must never be overwritten."""
+    with file_lock(containers_dir() / ".lock"):
+        state = record.read_state()
+        if state.status == expected:
+            state.status = new
+            record.write_state(state)
+
+
+def _thaw(record: ContainerRecord, state: ContainerState) -> None:
+    from .run import cgroup_name
+
+    open_cgroup(cgroup_name(record.id)).thaw()
+    _set_status(record, "paused", "running")
+
+
+def pause(ref: str) -> ContainerRecord:
+    """Freeze every process of the container through its cgroup's freezer."""
+    from .run import cgroup_name
+
+    record, state = _live(ref, "pause")
+    open_cgroup(cgroup_name(record.id)).freeze()
+    _set_status(record, "running", transition(_name(record), state.status, "pause"))
+    return record
+
+
+def unpause(ref: str) -> ContainerRecord:
+    """Thaw the container's processes: they carry on where they stopped."""
+    record, state = _live(ref, "unpause")
+    _thaw(record, state)
+    return record
+
+
+def remove(ref: str, force: bool = False) -> str:
+    """rm: the container's record, upper dir, logs and state; with force, killed first. Returns its id."""
+    record = find_record(ref)
+    state = reconcile(record)
+    if state is None:
+        return record.id
+    transition(_name(record), state.status, "rm -f" if force else "rm")
+    if state.status in ("running", "paused"):
+        os.kill(state.pid, signal.SIGKILL)
+        if state.status == "paused":
+            _thaw(record, state)
+        wait_for_exit(record)
+    with file_lock(containers_dir() / ".lock"):
+        _remove_cgroup(record)
+        remove_record(record)
+    return record.id
+
+
+def wait(ref: str) -> int:
+    """Block until the container exits; its exit code (`docker wait`)."""
+    record = find_record(ref)
+    state = wait_for_exit(record)
+    return state.exit_code if state is not None and state.exit_code is not None else 0
+
+
+def read_logs(ref: str, *, tail: int | None = None, timestamps: bool = False) -> list[tuple[str, str]]:
+    """(stream, text) for each logged line, oldest first; the last ``tail`` lines if given."""
+    record = find_record(ref)
+    path = log_path(record.dir, record.id)
+    lines = []
+    for part in (Path(f"{path}.1"), path):
+        try:
+            with open(part) as f:
+                lines += [json.loads(line) for line in f if line.strip()]
+        except FileNotFoundError:
+            continue
+    if tail is not None:
+        lines = lines[-tail:] if tail > 0 else []
+    return [(entry["stream"], (entry["time"] + " " if timestamps else "") + entry["log"]) for entry in lines]

@@ -1,0 +1,214 @@
+"""Detached containers and the verbs that drive them, for real: run -d, ps, logs, pause, stop, kill, rm, wait.
+
+A detached container is watched by its monitor process (engine/monitor.py). These tests
+also kill that monitor, and a foreground CLI, with SIGKILL, and check that ps then tells
+the truth and rm -f cleans everything up.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from minicontainer.engine import verbs
+from minicontainer.engine.containers import find_record
+from minicontainer.engine.monitor import JsonLog
+from minicontainer.errors import StateError
+
+pytestmark = pytest.mark.v2
+
+CLI = [sys.executable, "-m", "minicontainer"]
+LOOP = "trap 'echo bye; exit 3' TERM; echo hello; echo oops >&2; while :; do sleep 0.05; done"
+
+
+def mc(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run(CLI + list(args), capture_output=True, text=True, timeout=120)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def _process_states(record) -> list[str]:
+    """The State letter of every process in the container's cgroup, as /proc shows it."""
+    from minicontainer.engine.run import cgroup_name
+    from minicontainer.kernel.cgroups import open_cgroup
+
+    states = []
+    for pid in open_cgroup(cgroup_name(record.id)).pids():
+        with open(f"/proc/{pid}/status") as f:
+            states += [line.split()[1] for line in f if line.startswith("State:")]
+    return states
+
+
+def _until(predicate, what: str, timeout: float = 20):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return value
+
+
+def test_a_detached_container_runs_logs_pauses_stops_and_is_removed(engine_root):
+    cid = mc("run", "-d", "--name", "web", "busybox", "sh", "-c", LOOP).stdout.strip()
+    assert len(cid) == 64
+    rows = verbs.ps()
+    assert [(r["Names"], r["State"]) for r in rows] == [("web", "running")] and rows[0]["Status"].startswith("Up ")
+    _until(lambda: len(verbs.read_logs("web")) == 2, "two log lines")
+    assert sorted(verbs.read_logs("web")) == [("stderr", "oops\n"), ("stdout", "hello\n")]
+    record = find_record("web")
+
+    mc("pause", "web")
+    assert verbs.ps()[0]["Status"].endswith("(Paused)")
+    # frozen: v2 shows the processes stopped in the freezer ("S" while sleeping until thawed
+    # on v1); the cgroup says so either way
+    from minicontainer.engine.run import cgroup_name
+    from minicontainer.kernel.cgroups import open_cgroup
+    assert open_cgroup(cgroup_name(record.id)).is_frozen()
+    with pytest.raises(StateError, match="^container web is paused: unpause it first$"):
+        verbs._live("web", "exec")
+    mc("unpause", "web")
+    assert not open_cgroup(cgroup_name(record.id)).is_frozen() and verbs.ps()[0]["State"] == "running"
+
+    refused = mc("rm", "web", check=False)
+    assert refused.returncode == 1 and "container web is running: stop it first, or remove it with rm -f" in refused.stderr
+    assert mc("stop", "-t", "10", "web").stdout == "web\n"
+    rows = verbs.ps(all=True)
+    assert rows[0]["State"] == "exited" and rows[0]["ExitCode"] == 3 and rows[0]["Status"].startswith("Exited (3) ")
+    assert verbs.ps() == []              # ps without -a lists running containers only
+    assert ("stdout", "bye\n") in verbs.read_logs("web")
+    mc("rm", "web")
+    assert verbs.ps(all=True) == [] and not record.dir.exists()
+
+
+def test_pause_freezes_every_process_in_the_container():
+    cid = mc("run", "-d", "busybox", "sh", "-c", "sleep 60 & sleep 60 & wait").stdout.strip()
+    record = find_record(cid)
+    _until(lambda: len(_process_states(record)) == 3, "three processes")
+    try:
+        mc("pause", cid)
+        # every task of a frozen cgroup is parked: none can be running (R) any more, and the
+        # freezer's own file says frozen
+        from minicontainer.engine.run import cgroup_name
+        from minicontainer.kernel.cgroups import open_cgroup
+        assert open_cgroup(cgroup_name(record.id)).is_frozen()
+        assert "R" not in _process_states(record)
+        mc("unpause", cid)
+    finally:
+        mc("rm", "-f", cid)
+
+
+def test_stop_kills_a_container_that_ignores_sigterm_after_the_grace_period():
+    cid = mc("run", "-d", "busybox", "sh", "-c", "trap '' TERM; while :; do sleep 0.05; done").stdout.strip()
+    mc("stop", "-t", "0.3", cid)
+    row = verbs.ps(all=True)[0]
+    assert row["ExitCode"] == 137, row      # SIGKILL after the grace period
+    mc("rm", cid)
+
+
+def test_kill_sends_the_signal_named_and_wait_returns_the_exit_code():
+    cid = mc("run", "-d", "busybox", "sh", "-c", LOOP).stdout.strip()
+    mc("kill", "-s", "TERM", cid)
+    assert mc("wait", cid).stdout == "3\n"
+    refused = mc("kill", cid, check=False)
+    assert refused.returncode == 1 and "is not running" in refused.stderr
+    bad = mc("kill", "-s", "NOPE", cid, check=False)
+    assert bad.returncode == 125 and "invalid signal 'NOPE'" in bad.stderr
+    mc("rm", cid)
+
+
+def test_a_detached_rm_container_removes_itself_when_it_exits(engine_root):
+    cid = mc("run", "-d", "--rm", "busybox", "sleep", "0.5").stdout.strip()
+    monitor = find_record(cid).read_state().monitor_pid
+    _until(lambda: not (engine_root / "containers" / cid).exists(), "the container to remove itself")
+    _until(lambda: not verbs._alive(monitor), "its monitor to finish")
+    assert verbs.ps(all=True) == []
+
+
+def test_after_kill_9_of_the_monitor_ps_reports_exited_137_and_rm_cleans_up(engine_root):
+    cid = mc("run", "-d", "--name", "victim", "busybox", "sleep", "60").stdout.strip()
+    state = find_record(cid).read_state()
+    assert state.monitor_pid and state.pid
+    os.kill(state.monitor_pid, signal.SIGKILL)
+    _until(lambda: not verbs._alive(state.pid), "PID 1 to die with its monitor")
+    row = verbs.ps(all=True)[0]
+    assert (row["State"], row["ExitCode"]) == ("exited", 137)
+    mc("rm", "victim")
+    assert not (engine_root / "containers" / cid).exists()
+
+
+def test_after_kill_9_of_a_foreground_cli_the_name_is_free_again(tmp_path):
+    ready = tmp_path / "ready"
+    cli = subprocess.Popen(CLI + ["run", "--name", "k9", "-v", f"{tmp_path}:/t", "busybox", "sh", "-c",
+                                  "touch /t/ready; sleep 60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _until(ready.exists, "the container to start")
+    cli.kill()
+    cli.wait()
+    row = _until(lambda: [r for r in verbs.ps(all=True) if r["State"] == "exited"], "ps to see it exited")[0]
+    assert row["Names"] == "k9" and row["ExitCode"] == 137
+    mc("rm", "k9")
+    cid = mc("run", "-d", "--name", "k9", "busybox", "true").stdout.strip()   # the name is free again
+    mc("wait", cid)
+    mc("rm", "k9")
+
+
+def test_rm_force_removes_a_running_container_with_its_cgroup(engine_root):
+    from conftest import minicontainer_cgroups
+
+    tag = os.environ["MINICONTAINER_CGROUP_TAG"]
+    cid = mc("run", "-d", "busybox", "sleep", "60").stdout.strip()
+    assert minicontainer_cgroups(tag)
+    assert mc("rm", "-f", cid[:8]).stdout == f"{cid[:8]}\n"
+    assert not (engine_root / "containers" / cid).exists()
+    _until(lambda: not minicontainer_cgroups(tag), "its cgroups to go")
+
+
+def test_ps_quiet_and_json_formats():
+    cid = mc("run", "-d", "busybox", "sleep", "60").stdout.strip()
+    try:
+        assert mc("ps", "-q").stdout == cid[:12] + "\n"
+        row = json.loads(mc("ps", "--format", "json").stdout)
+        assert row["ID"] == cid and row["State"] == "running" and row["Command"] == "sleep 60"
+        table = mc("ps").stdout.splitlines()
+        assert table[0].split() == ["CONTAINER", "ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES"]
+    finally:
+        mc("rm", "-f", cid)
+
+
+def test_a_command_that_cant_start_detached_is_reported_and_nothing_is_kept(engine_root):
+    done = mc("run", "-d", "busybox", "no-such-command", check=False)
+    assert done.returncode == 127 and "executable file not found" in done.stderr
+    assert [p.name for p in (engine_root / "containers").iterdir() if p.name != ".lock"] == []
+
+
+def test_logs_tail_and_timestamps():
+    cid = mc("run", "-d", "busybox", "sh", "-c", "for i in 1 2 3 4; do echo line$i; done").stdout.strip()
+    mc("wait", cid)
+    assert mc("logs", "--tail", "2", cid).stdout == "line3\nline4\n"
+    stamped = mc("logs", "-t", "--tail", "1", cid).stdout
+    assert stamped.endswith("Z line4\n") and stamped[:4].isdigit()
+    mc("rm", cid)
+
+
+def test_the_json_log_rotates_at_its_cap_and_keeps_one_older_file(tmp_path):
+    log = JsonLog(tmp_path / "c-json.log", max_bytes=400)
+    for i in range(20):
+        log.write("stdout", f"line {i}\n".encode())
+    log.write("stderr", b"no newline yet")
+    log.close()
+    current = [json.loads(line) for line in (tmp_path / "c-json.log").read_text().splitlines()]
+    older = [json.loads(line) for line in (tmp_path / "c-json.log.1").read_text().splitlines()]
+    assert (tmp_path / "c-json.log").stat().st_size <= 400 and (tmp_path / "c-json.log.1").stat().st_size <= 400
+    assert current[-1] == {"log": "no newline yet", "stream": "stderr", "time": current[-1]["time"]}
+    assert [e["log"] for e in older + current[:-1]] == [f"line {i}\n" for i in range(20 - len(older + current[:-1]), 20)]
+
+
+@pytest.mark.parametrize("seconds, text", [(0.2, "Less than a second"), (1, "1 second"), (42, "42 seconds"),
+                                           (70, "About a minute"), (300, "5 minutes"), (3600, "About an hour"),
+                                           (7200, "2 hours"), (3 * 86400, "3 days")])
+def test_durations_read_as_dockers_do(seconds, text):
+    assert verbs._ago(seconds) == text
