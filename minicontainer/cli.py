@@ -79,6 +79,12 @@ def _add_container_verbs(sub) -> None:
     w = sub.add_parser("wait", help="block until containers exit, print their exit codes")
     w.add_argument("containers", nargs="+")
     w.set_defaults(func=cmd_wait)
+    ex = sub.add_parser("exec", help="run a command in a running container (its namespaces, cgroup and profile)")
+    ex.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    ex.add_argument("-w", "--workdir", default="")
+    ex.add_argument("container")
+    ex.add_argument("cmd", nargs=argparse.REMAINDER)
+    ex.set_defaults(func=cmd_exec)
     lg = sub.add_parser("logs", help="show a container's output (run -d keeps it)")
     lg.add_argument("-f", "--follow", action="store_true", help="keep printing new output until it exits")
     lg.add_argument("--tail", default="all", help="only the last N lines")
@@ -153,6 +159,29 @@ def cmd_wait(a: argparse.Namespace) -> int:
     from .engine.verbs import wait
 
     return _each(a.containers, wait)
+
+
+def cmd_exec(a: argparse.Namespace) -> int:
+    from .engine.verbs import exec_
+    from .errors import InvalidArgument, StateError
+
+    if not a.cmd:
+        raise InvalidArgument("exec needs a command: minicontainer exec CONTAINER COMMAND [ARG...]")
+    if a.workdir and not a.workdir.startswith("/"):
+        raise InvalidArgument(f"invalid working directory {a.workdir!r}: it must be absolute, e.g. -w /tmp")
+    for item in a.env:
+        if "=" not in item or item.startswith("="):
+            raise InvalidArgument(f"invalid environment variable {item!r}: use -e NAME=value")
+    try:
+        proc = exec_(a.container, a.cmd, env=a.env, workdir=a.workdir)
+    except StateError as exc:   # docker exec: the daemon's refusal exits 1
+        print(f"minicontainer: {exc}", file=sys.stderr)
+        return 1
+    try:
+        code = proc.wait()
+    finally:
+        proc.reap()
+    return code
 
 
 def cmd_logs(a: argparse.Namespace) -> int:

@@ -212,3 +212,54 @@ def test_the_json_log_rotates_at_its_cap_and_keeps_one_older_file(tmp_path):
                                            (7200, "2 hours"), (3 * 86400, "3 days")])
 def test_durations_read_as_dockers_do(seconds, text):
     assert verbs._ago(seconds) == text
+
+
+def test_exec_joins_every_namespace_of_pid_1_and_gets_its_profile():
+    cid = mc("run", "-d", "--hostname", "box", "busybox", "sleep", "60").stdout.strip()
+    try:
+        probe = ("for n in pid mnt uts ipc net cgroup; do echo $n $(readlink /proc/1/ns/$n) $(readlink /proc/self/ns/$n); "
+                 "done; grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/1/status /proc/self/status; hostname")
+        done = mc("exec", cid, "sh", "-c", probe)
+        lines = done.stdout.splitlines()
+        for line in lines[:6]:
+            kind, pid1, ours = line.split()
+            assert pid1 == ours, f"exec must be in PID 1's {kind} namespace: {line}"
+        status = {}
+        for line in lines[6:-1]:
+            where, field, value = line.replace(":", " ", 2).split()
+            status.setdefault(field, {})[where] = value
+        for field, seen in status.items():
+            assert len(set(seen.values())) == 1, f"{field} differs between PID 1 and exec: {seen}"
+        assert status["Seccomp"]["/proc/self/status"] == "2" and status["NoNewPrivs"]["/proc/self/status"] == "1"
+        assert lines[-1] == "box"
+        host_view = verbs._alive(find_record(cid).read_state().pid)
+        assert host_view
+    finally:
+        mc("rm", "-f", cid)
+
+
+def test_exec_is_held_to_the_containers_limits():
+    cid = mc("run", "-d", "-m", "32m", "busybox", "sleep", "60").stdout.strip()
+    try:
+        hog = mc("exec", cid, "sh", "-c", "head -c 100m /dev/zero | tail", check=False)
+        assert hog.returncode == 137, hog.stderr     # killed by the OOM killer of the container's cgroup
+        assert mc("exec", "-e", "A=1", "-w", "/tmp", cid, "sh", "-c", "echo $A $(pwd)").stdout == "1 /tmp\n"
+        missing = mc("exec", cid, "no-such-thing", check=False)
+        assert missing.returncode == 127 and "executable file not found" in missing.stderr
+    finally:
+        mc("rm", "-f", cid)
+
+
+def test_exec_is_refused_for_a_paused_or_exited_container():
+    cid = mc("run", "-d", "--name", "idle", "busybox", "sleep", "60").stdout.strip()
+    try:
+        mc("pause", "idle")
+        paused = mc("exec", "idle", "true", check=False)
+        assert paused.returncode == 1 and paused.stderr == "minicontainer: container idle is paused: unpause it first\n"
+        mc("unpause", "idle")
+        mc("kill", "idle")
+        mc("wait", "idle")
+        exited = mc("exec", "idle", "true", check=False)
+        assert "container idle is not running: start it first" in exited.stderr
+    finally:
+        mc("rm", "-f", cid)

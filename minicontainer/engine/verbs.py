@@ -269,6 +269,26 @@ def remove(ref: str, force: bool = False) -> str:
     return record.id
 
 
+def exec_(ref: str, args: list[str], *, env: list[str] | None = None, workdir: str = "",
+          stdio: tuple[int, int, int] = (0, 1, 2), close_in_child: tuple[int, ...] = ()):
+    """Start ``args`` in the running container: its namespaces, cgroup and security profile.
+
+    Returns the started process (wait() gives its exit code). The environment is the
+    container's, with ``env`` (NAME=value) on top, as docker exec -e gives it.
+    """
+    import dataclasses
+
+    from ..runtime.nsenter import exec_in_container
+    from ..runtime.oci import read_bundle
+    from .run import _merge_env
+
+    record, state = _live(ref, "exec")
+    spec = read_bundle(record.dir / "bundle", record.id)
+    spec = dataclasses.replace(spec, args=list(args), env=_merge_env(spec.env, list(env or [])),
+                               cwd=workdir or spec.cwd)
+    return exec_in_container(state.pid, spec, stdio, close_in_child)
+
+
 def wait(ref: str) -> int:
     """Block until the container exits; its exit code (`docker wait`)."""
     record = find_record(ref)
