@@ -42,7 +42,7 @@ def _busybox_rootfs(path: Path) -> Path:
     for applet in applets:
         if applet != "busybox":
             os.symlink("busybox", path / "bin" / applet)
-    for d in ("etc", "tmp"):
+    for d in ("etc", "tmp", "proc", "sys", "dev"):
         (path / d).mkdir()
     return path
 
@@ -477,3 +477,126 @@ def test_the_device_allow_list_starts_from_deny_all_and_adds_runcs_defaults():
     rules = device_rules([{"allow": False, "access": "rwm"}, {"allow": True, "type": "b", "major": 7, "access": "r"}])
     assert [str(r) for r in rules][:3] == ["b *:* m", "b 7:* r", "c *:* m"]   # sorted as runc sorts them
     assert "c 136:* rwm" in [str(r) for r in rules]
+
+
+# ---- more fields, side by side -------------------------------------------------------------
+def _run_both(ours: Runtime, runc: Runtime, bundle: Path) -> dict:
+    seen = {}
+    for rt in (ours, runc):
+        cid = _id()
+        try:
+            seen[rt.name] = rt("run", "--bundle", str(bundle), cid)
+        finally:
+            rt.cleanup(cid)
+    if seen["ours"] != seen["runc"]:   # shown on failure: what differs, line by line
+        print("\n".join(difflib.unified_diff(seen["runc"][1].splitlines(), seen["ours"][1].splitlines(), "runc",
+                                             "ours", lineterm="")), seen)
+    return seen
+
+
+def _edit(bundle: Path, change) -> None:
+    config = json.loads((bundle / "config.json").read_text())
+    change(config)
+    (bundle / "config.json").write_text(json.dumps(config))
+
+
+@needs_runc
+def test_a_user_namespace_maps_the_containers_root_to_an_unprivileged_host_user(no_leftovers, work, ours, runc):
+    os.chmod(no_leftovers, 0o711)   # the mapped root (host uid 100000) must reach the bundle
+    bundle = _bundle(work / "b", work / "rootfs", ["sh", "-c", "id; cat /proc/self/uid_map /proc/self/gid_map; "
+                                                               "grep CapEff /proc/self/status; ls -n /bin/busybox; "
+                                                               "cat /proc/sys/net/ipv4/ip_forward; echo > /dev/null"])
+
+    def userns(c: dict) -> None:
+        c["linux"]["namespaces"].append({"type": "user"})
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        c["linux"]["sysctl"] = {"net.ipv4.ip_forward": "1"}
+
+    _edit(bundle, userns)
+    seen = _run_both(ours, runc, bundle)
+    assert seen["ours"] == seen["runc"]
+    assert seen["ours"][1].startswith("uid=0 gid=0\n         0     100000      65536\n")
+    assert " 65534    65534 " in seen["ours"][1]   # host root's files belong to nobody in there
+
+
+@needs_runc
+def test_a_seccomp_filter_in_config_json_is_loaded(work, ours, runc):
+    bundle = _bundle(work / "b", work / "rootfs", ["sh", "-c", "grep Seccomp: /proc/self/status; mkdir /dev/shm/d; "
+                                                               "echo mkdir=$?; touch /dev/shm/f; echo touch=$?"])
+    _edit(bundle, lambda c: c["linux"].update(seccomp={
+        "defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]}))
+    seen = _run_both(ours, runc, bundle)
+    assert seen["ours"] == seen["runc"]
+    assert seen["ours"][1] == "Seccomp:\t2\nmkdir=1\ntouch=0\n"
+
+
+@needs_runc
+def test_mounts_bind_and_tmpfs_with_their_options(work, ours, runc):
+    data = work / "data"
+    data.mkdir()
+    (data / "file").write_text("from the host\n")
+    bundle = _bundle(work / "b", work / "rootfs", [
+        "sh", "-c", "cat /data/file; touch /data/new; echo touch=$?; touch /scratch/x; echo scratch=$?; "
+                    "cat /one; grep -E ' /(data|scratch|one) ' /proc/self/mountinfo | cut -d' ' -f5,6,9,10"])
+    _edit(bundle, lambda c: c["mounts"].extend([
+        {"destination": "/data", "type": "bind", "source": str(data), "options": ["rbind", "ro", "nosuid"]},
+        {"destination": "/scratch", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "size=1m", "mode=700"]},
+        {"destination": "/one", "type": "bind", "source": str(data / "file"), "options": ["bind"]}]))
+    seen = _run_both(ours, runc, bundle)
+    assert seen["ours"] == seen["runc"]
+    assert "touch=1\nscratch=0\n" in seen["ours"][1] and not (data / "new").exists()
+
+
+@needs_runc
+def test_a_cgroups_path_places_the_container_there(work, ours, runc):
+    tag = os.environ["MINICONTAINER_CGROUP_TAG"]
+    path = f"/{tag}-grp/box"
+    bundle = _bundle(work / "b", work / "rootfs", ["sh", "-c", "grep -E ':(memory|pids):' /proc/self/cgroup; "
+                                                               "cat /sys/fs/cgroup/pids/pids.max"])
+    _edit(bundle, lambda c: (c["linux"].update(cgroupsPath=path), c["linux"]["resources"].update(pids={"limit": 9})))
+    seen = {}
+    for rt in (ours, runc):
+        try:
+            seen[rt.name] = rt("run", "--bundle", str(bundle), _id())
+        finally:
+            for hierarchy in os.listdir("/sys/fs/cgroup"):
+                for d in (f"/sys/fs/cgroup/{hierarchy}{path}", f"/sys/fs/cgroup/{hierarchy}/{tag}-grp"):
+                    if os.path.isdir(d) and rt.name == "runc":   # runc leaves the parent it made
+                        os.rmdir(d)
+    assert seen["ours"] == seen["runc"]
+    assert seen["ours"][1] == f"8:pids:{path}\n4:memory:{path}\n9\n"
+
+
+@needs_runc
+def test_no_new_privileges_off_oom_score_and_rlimits_are_applied(work, ours, runc):
+    bundle = _bundle(work / "b", work / "rootfs", ["sh", "-c", "grep NoNewPrivs /proc/self/status; "
+                                                               "cat /proc/self/oom_score_adj; ulimit -n; ulimit -u"])
+
+    def change(c: dict) -> None:
+        c["process"].update(noNewPrivileges=False, oomScoreAdj=123)
+        c["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": 100, "hard": 200},
+                                   {"type": "RLIMIT_NPROC", "soft": 50, "hard": 50}]
+
+    _edit(bundle, change)
+    seen = _run_both(ours, runc, bundle)
+    assert seen["ours"] == seen["runc"]
+    assert seen["ours"][1] == "NoNewPrivs:\t0\n123\n100\n50\n"
+
+
+@needs_runc
+def test_kill_all_signals_every_process_in_the_container(work, ours, runc):
+    bundle = _bundle(work / "b", work / "rootfs", ["sh", "-c", "sleep 1000 & sleep 1000"])
+    _edit(bundle, lambda c: c["linux"].update(namespaces=[n for n in c["linux"]["namespaces"] if n["type"] != "pid"]))
+    seen = {}
+    for rt in (ours, runc):
+        cid = _id()
+        try:
+            rt("run", "--detach", "--bundle", str(bundle), cid)
+            seen[rt.name] = [rt("kill", "--all", cid, "KILL")[0]]
+            _wait_stopped(rt, cid)
+            seen[rt.name] += [rt.status(cid), rt("delete", cid)[0]]
+        finally:
+            rt.cleanup(cid)
+    assert seen["ours"] == seen["runc"] == [0, "stopped", 0]

@@ -14,6 +14,7 @@ blocks on the fifo.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
@@ -153,7 +154,7 @@ def _bind(config: BundleConfig, mount: Mount, flags: int, propagation: int) -> S
         sc.mount(source, target, None, sc.MS_BIND | (flags & sc.MS_REC))
         rest = flags & ~(sc.MS_BIND | sc.MS_REC)
         if rest:   # a bind mount takes its other flags only from a remount
-            sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | rest)
+            remount(target, rest)
         if propagation:
             sc.mount(None, target, None, propagation)
 
@@ -183,7 +184,7 @@ def _mount_cgroups(config: BundleConfig, mount: Mount, flags: int, cgroup_dirs: 
             if not os.path.exists(where):
                 os.mkdir(where, 0o755)
                 sc.mount(directory, where, None, sc.MS_BIND)
-                sc.mount(None, where, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
+                remount(where, flags)
             if controller != hierarchy and not os.path.lexists(os.path.join(target, controller)):
                 os.symlink(hierarchy, os.path.join(target, controller))   # cpu -> cpu,cpuacct
         # like runc, the tmpfs itself stays writable; "ro" applies to each hierarchy's bind
@@ -206,7 +207,10 @@ def populate_dev(config: BundleConfig) -> Step | None:
         nodes = [{"path": f"/dev/{name}", "type": "c", "major": major, "minor": minor, "fileMode": 0o666}
                  for name, (major, minor) in DEFAULT_DEVICES.items()]
         for node in nodes + config.device_nodes:
-            _make_node(dev, node)
+            if "user" in config.namespaces:   # no mknod in a user namespace: bind the host's node, as runc does
+                _bind_node(dev, node)
+            else:
+                _make_node(dev, node)
         for source, name in DEV_SYMLINKS:
             if not os.path.lexists(f"{dev}/{name}"):
                 os.symlink(source, f"{dev}/{name}")
@@ -217,6 +221,14 @@ def populate_dev(config: BundleConfig) -> Step | None:
 
     step.do(do)
     return step
+
+
+def _bind_node(dev: str, node: dict) -> None:
+    path = os.path.join(dev, node["path"][len("/dev/"):])
+    os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
+    if not os.path.lexists(path):
+        open(path, "a").close()
+    sc.mount(node["path"], path, None, sc.MS_BIND)
 
 
 def _make_node(dev: str, node: dict) -> None:
@@ -271,6 +283,26 @@ def _current_flags(path: str) -> int:
     return sum(ms for st, ms in STATVFS_FLAGS.items() if flags & st)
 
 
+def remount(target: str, flags: int) -> None:
+    """Remount a bind mount with ``flags``; in a user namespace, keeping the flags the kernel locked."""
+    try:
+        sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
+    except OSError as exc:
+        if exc.errno != errno.EPERM:
+            raise
+        # a mount that came from a more privileged namespace has its nosuid, nodev,
+        # noexec and atime flags locked: repeat them (runc does the same)
+        sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags | _current_flags(target))
+
+
+def remount_root_readonly() -> Step:
+    """root.readonly: remount / read-only once everything is mounted under it."""
+    step = Step("remount_ro", call='mount(NULL, "/", NULL, MS_BIND|MS_REMOUNT|MS_RDONLY, NULL)',
+                shell="mount -o remount,bind,ro /", why="root.readonly: writes to / now fail with EROFS")
+    step.do(remount, "/", sc.MS_RDONLY)
+    return step
+
+
 def readonly_paths(paths: list[str]) -> Step:
     """Bind each path onto itself and remount it read-only, keeping its other flags (runc's way)."""
     step = Step("readonly_paths", call=f"mount(path, path, MS_BIND|MS_REC); mount(MS_BIND|MS_REMOUNT|MS_RDONLY) "
@@ -304,7 +336,8 @@ def lookup_executable(config: BundleConfig) -> str:
         if stat.S_ISDIR(st.st_mode) or not st.st_mode & 0o111:
             raise InitError(f"exec: {quoted}: permission denied")
         return name
-    for directory in config.path_env().split(":"):
+    path_env = config.path_env()
+    for directory in path_env.split(":") if path_env else []:   # no PATH: nothing is searched (Go's LookPath)
         candidate = os.path.join(directory or ".", name)
         try:
             st = os.stat(candidate)
@@ -379,7 +412,7 @@ def enter_root(config: BundleConfig) -> None:
         if config.domainname:
             set_domainname(config.domainname)
     if config.readonly:
-        mounts.remount_readonly("/")
+        remount_root_readonly()
     if config.readonly_paths:
         readonly_paths(config.readonly_paths)
     if config.masked_paths:

@@ -304,14 +304,18 @@ def create(root: str, container_id: str, bundle: str, pid_file: str | None = Non
 def launch(config: BundleConfig, container: Container, cgroup: Cgroup) -> int:
     """Fork the namespaces' child and the container's init; walk the init through its setup."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    # opened here, as runc does: the init may run as a user who can't reach the state directory,
+    # and after pivot_root it can't see it at all; O_PATH doesn't block, nor does it open the fifo
+    fifo_fd = os.open(container.fifo, os.O_PATH | os.O_CLOEXEC)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     pid = os.fork()
     if pid == 0:
         ours.close()
         gc.disable()   # the children only make syscalls and exec: a collection would copy the heap
-        _namespace_child(config, theirs.detach(), container.fifo)
+        _namespace_child(config, theirs.detach(), fifo_fd)
     theirs.close()
+    os.close(fifo_fd)
     channel = bundle_init.Channel(ours.fileno())
     init_pid = 0
     try:
@@ -363,7 +367,7 @@ def write_id_maps(pid: int, config: BundleConfig) -> None:
             f.write(text)
 
 
-def _namespace_child(config: BundleConfig, fd: int, fifo: str) -> None:
+def _namespace_child(config: BundleConfig, fd: int, fifo_fd: int) -> None:
     """Join the namespaces config.json names by path, create the rest, fork the init. Never returns."""
     channel = bundle_init.Channel(fd)
     try:
@@ -386,7 +390,7 @@ def _namespace_child(config: BundleConfig, fd: int, fifo: str) -> None:
             namespaces.unshare_namespaces(new)
         init_pid = os.fork()
         if init_pid == 0:
-            _init(config, channel, fifo)
+            _init(config, channel, fifo_fd)
         channel.send({"init_pid": init_pid})
         os._exit(0)
     except BaseException as exc:  # noqa: BLE001 - report anything, then _exit
@@ -398,7 +402,7 @@ def _exit_on_signal(sig: int, _frame) -> None:
     os._exit(128 + sig)
 
 
-def _init(config: BundleConfig, channel: bundle_init.Channel, fifo: str) -> None:
+def _init(config: BundleConfig, channel: bundle_init.Channel, fifo_fd: int) -> None:
     """The container's init: set up, report ready, block on exec.fifo, execve. Never returns."""
     try:
         for sig in INIT_EXIT_SIGNALS:
@@ -409,7 +413,6 @@ def _init(config: BundleConfig, channel: bundle_init.Channel, fifo: str) -> None
         if "cgroup" in config.namespaces and not config.namespaces["cgroup"]:
             # after the runtime moved us into the cgroup: it becomes this namespace's "/"
             namespaces.unshare_namespaces(["cgroup"])
-        fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)   # before pivot_root hides the state directory
         bundle_init.build_root(config, go["cgroup_dirs"])
         channel.send({"hooks": True})
         if channel.receive() is None:
@@ -432,7 +435,10 @@ def _init(config: BundleConfig, channel: bundle_init.Channel, fifo: str) -> None
 
 
 def _report(channel: bundle_init.Channel, exc: BaseException) -> None:
-    message = str(exc) if isinstance(exc, (MinicontainerError, OSError)) else f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and exc.strerror:   # "mkdir /x/proc: permission denied", as runc says it
+        message = f"{exc.filename}: {exc.strerror.lower()}" if exc.filename else exc.strerror.lower()
+    else:
+        message = str(exc) if isinstance(exc, MinicontainerError) else f"{type(exc).__name__}: {exc}"
     try:
         channel.send({"error": message.splitlines()[0] if message else type(exc).__name__})
     except OSError:
