@@ -32,6 +32,7 @@ def test_a_spec_survives_the_trip_through_config_json():
     assert config["linux"]["resources"] == {"memory": {"limit": 64 << 20}, "cpu": {"quota": 50000, "period": 100000},
                                             "pids": {"limit": 10}}
     assert {"destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind", "ro"]} in config["mounts"]
+    assert config["linux"]["cgroupsPath"] == "/x"   # v2's one cgroup directory, for runc to use too
     assert spec_from_config(config, "c1") == _spec()
 
 

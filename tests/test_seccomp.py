@@ -43,9 +43,15 @@ def test_a_user_namespace_needs_no_capability_so_only_seccomp_refuses_it():
     assert "seccomp" not in unconfined.trace.names()
 
 
-def test_privileged_containers_have_no_filter():
+def test_privileged_containers_have_no_filter_unless_a_profile_is_named(tmp_path):
     result = minicontainer.run("busybox", SECCOMP_LINES, privileged=True)
     assert "Seccomp:\t0" in result.stdout
+    path = tmp_path / "deny-mkdir.json"
+    path.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW",
+                                "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}))
+    named = minicontainer.run("busybox", f"{SECCOMP_LINES}; mkdir /tmp/d", privileged=True,
+                              security_opt=[f"seccomp={path}"])
+    assert "Seccomp:\t2" in named.stdout and named.exit_code == 1, named.output   # applied, not ignored
 
 
 def test_the_filter_holds_without_no_new_privs_too():

@@ -88,7 +88,9 @@ class RunOptions:
                    pids_limit=int(pids_limit) if pids_limit is not None else None,
                    readonly=readonly, remove=remove, init=bool(init), privileged=bool(privileged),
                    capabilities=capabilities, no_new_privileges=no_new_privileges,
-                   seccomp_profile=None if privileged else seccomp_profile)
+                   # --privileged runs unconfined, unless a profile was asked for by name: never ignore one
+                   seccomp_profile=seccomp_profile if not privileged or any(
+                       o.startswith(("seccomp=", "seccomp:")) for o in security_opt or []) else None)
 
     @property
     def limits(self) -> Limits:

@@ -37,6 +37,7 @@ STANDARD_MOUNTS = [
 # --privileged: /sys read-write, as Docker's privileged spec has it
 SYSFS_RW = {**STANDARD_MOUNTS[2], "options": ["nosuid", "noexec", "nodev"]}
 CFS_PERIOD_US = 100_000
+CGROUP_MOUNT = "/sys/fs/cgroup"
 
 
 def device_rules_to_config(rules: tuple[DeviceRule, ...]) -> list[dict]:
@@ -76,6 +77,11 @@ def spec_to_config(spec: ContainerSpec, *, memory: int | None = None, cpus: floa
         linux["resources"] = resources
     if spec.seccomp is not None:
         linux["seccomp"] = spec.seccomp
+    if len(spec.cgroup_procs) == 1 and spec.cgroup_procs[0].startswith(CGROUP_MOUNT + "/"):
+        # cgroup v2: one directory, so another runtime (runc) can be pointed at the same
+        # place, inside the engine's delegated subtree. v1's directories differ per
+        # hierarchy, so there the field stays out and runc would choose for itself.
+        linux["cgroupsPath"] = os.path.dirname(spec.cgroup_procs[0])[len(CGROUP_MOUNT):]
     return {
         "ociVersion": OCI_VERSION,
         "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": list(spec.args),
