@@ -600,3 +600,22 @@ def test_kill_all_signals_every_process_in_the_container(work, ours, runc):
         finally:
             rt.cleanup(cid)
     assert seen["ours"] == seen["runc"] == [0, "stopped", 0]
+
+
+@needs_runc
+@pytest.mark.parametrize("propagation", ["shared", "private", "unbindable"])
+def test_rootfs_propagation_is_applied_to_the_containers_root(work, ours, runc, propagation):
+    bundle = _bundle(work / "b", work / "rootfs", ["sh", "-c", "awk '$5 == \"/\" { print $7 }' /proc/self/mountinfo "
+                                                               "| cut -d: -f1"])
+    _edit(bundle, lambda c: c["linux"].update(rootfsPropagation=propagation))
+    seen = _run_both(ours, runc, bundle)
+    assert seen["ours"] == (0, {"shared": "shared\n", "private": "-\n", "unbindable": "unbindable\n"}[propagation], "")
+    if propagation == "unbindable":
+        # runc 1.1 makes the host's view unbindable before it binds the root there, which the
+        # kernel refuses (EINVAL); we apply it to the container's own / after pivot_root
+        assert seen["runc"][0] == 1 and "invalid argument" in seen["runc"][2]
+    elif propagation == "shared":
+        # runc 1.1 leaves the container's / private (the runtime spec, and runtime-tools, want it shared)
+        assert seen["runc"] == (0, "-\n", "")
+    else:
+        assert seen["ours"] == seen["runc"]

@@ -90,11 +90,29 @@ def parse_mount_options(options: list[str]) -> tuple[int, int, str]:
 
 # ---- the root filesystem --------------------------------------------------------------
 def set_root_propagation(config: BundleConfig) -> Step:
-    """Make / slave (runc's default) or what linux.rootfsPropagation says, so no mount leaks to the host."""
-    flags = PROPAGATION.get(config.rootfs_propagation) or sc.MS_SLAVE | sc.MS_REC
-    step = Step("make_private", call=f'mount(NULL, "/", NULL, {flags:#x}, NULL)',
-                shell=f"mount --make-{config.rootfs_propagation or 'rslave'} /",
+    """Before mounting: make / rslave (runc's default) or private, so no mount leaks to the host.
+
+    A shared or unbindable linux.rootfsPropagation is applied only after pivot_root (see
+    :func:`apply_rootfs_propagation`): pivot_root refuses a shared new root, and making the
+    host's view shared here could propagate the container's mounts back out.
+    """
+    wanted = config.rootfs_propagation
+    name = wanted if wanted in ("private", "rprivate", "slave", "rslave") else "rslave"
+    flags = PROPAGATION[name]
+    step = Step("make_private", call=f'mount(NULL, "/", NULL, {flags:#x}, NULL)', shell=f"mount --make-{name} /",
                 why="mounts made in the container must not propagate back to the host")
+    step.do(sc.mount, None, "/", None, flags)
+    return step
+
+
+def apply_rootfs_propagation(config: BundleConfig) -> Step | None:
+    """linux.rootfsPropagation on the container's own / (after pivot_root), as runc applies it."""
+    if not config.rootfs_propagation:
+        return None
+    flags = PROPAGATION[config.rootfs_propagation]
+    step = Step("rootfs_propagation", call=f'mount(NULL, "/", NULL, {flags:#x}, NULL)',
+                shell=f"mount --make-{config.rootfs_propagation} /",
+                why="linux.rootfsPropagation: how mounts under the container's root propagate")
     step.do(sc.mount, None, "/", None, flags)
     return step
 
@@ -404,6 +422,7 @@ def enter_root(config: BundleConfig) -> None:
     """pivot_root, then what needs the container's own view: sysctls, names, read-only and masked paths."""
     mounts.pivot_root(config.rootfs)
     mounts.detach_old_root()
+    apply_rootfs_propagation(config)
     if config.sysctl:
         write_sysctls(config.sysctl)
     if "uts" in config.namespaces and not config.namespaces["uts"]:
