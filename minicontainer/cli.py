@@ -27,6 +27,26 @@ def _add_run(sub) -> None:
     r = sub.add_parser("run", help="run a command in a new container", add_help=False)
     r.add_argument("--help", action="help", help="show this help and exit")
     r.add_argument("-d", "--detach", action="store_true", help="run in the background and print the container id")
+    _add_container_options(r)
+    show = r.add_mutually_exclusive_group()
+    show.add_argument("--trace", action="store_true", help="print every kernel step afterwards (to stderr)")
+    show.add_argument("--explain", action="store_true", help="print the steps a run would take, run nothing")
+    r.add_argument("image")
+    r.add_argument("cmd", nargs=argparse.REMAINDER)
+    r.set_defaults(func=cmd_run)
+
+
+def _add_create(sub) -> None:
+    c = sub.add_parser("create", help="create a container without starting it (start starts it)", add_help=False)
+    c.add_argument("--help", action="help", help="show this help and exit")
+    _add_container_options(c)
+    c.add_argument("image")
+    c.add_argument("cmd", nargs=argparse.REMAINDER)
+    c.set_defaults(func=cmd_create)
+
+
+def _add_container_options(r) -> None:
+    """The options run and create share, with docker's names."""
     r.add_argument("--name", default="")
     r.add_argument("--hostname", "-h", default="")
     r.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
@@ -45,12 +65,6 @@ def _add_run(sub) -> None:
     r.add_argument("--cap-drop", action="append", default=[], metavar="CAP", help="drop a capability, e.g. CHOWN, or ALL")
     r.add_argument("--security-opt", action="append", default=[], metavar="OPT",
                    help="no-new-privileges[=true|false], seccomp=unconfined or seccomp=PROFILE.json (Docker's format)")
-    show = r.add_mutually_exclusive_group()
-    show.add_argument("--trace", action="store_true", help="print every kernel step afterwards (to stderr)")
-    show.add_argument("--explain", action="store_true", help="print the steps a run would take, run nothing")
-    r.add_argument("image")
-    r.add_argument("cmd", nargs=argparse.REMAINDER)
-    r.set_defaults(func=cmd_run)
 
 
 def _add_container_verbs(sub) -> None:
@@ -79,6 +93,13 @@ def _add_container_verbs(sub) -> None:
     w = sub.add_parser("wait", help="block until containers exit, print their exit codes")
     w.add_argument("containers", nargs="+")
     w.set_defaults(func=cmd_wait)
+    for verb, text in (("start", "start created or exited containers again (detached; their files are kept)"),
+                       ("restart", "stop, then start containers")):
+        v = sub.add_parser(verb, help=text)
+        if verb == "restart":
+            v.add_argument("-t", "--time", type=float, default=10, help="seconds to wait before SIGKILL")
+        v.add_argument("containers", nargs="+")
+        v.set_defaults(func=cmd_start if verb == "start" else cmd_restart)
     ex = sub.add_parser("exec", help="run a command in a running container (its namespaces, cgroup and profile)")
     ex.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     ex.add_argument("-w", "--workdir", default="")
@@ -161,6 +182,26 @@ def cmd_wait(a: argparse.Namespace) -> int:
     return _each(a.containers, wait)
 
 
+def cmd_start(a: argparse.Namespace) -> int:
+    from .engine.verbs import start
+
+    return _each(a.containers, lambda ref: start(ref) and None)
+
+
+def cmd_restart(a: argparse.Namespace) -> int:
+    from .engine.verbs import restart
+
+    return _each(a.containers, lambda ref: restart(ref, a.time) and None)
+
+
+def cmd_create(a: argparse.Namespace) -> int:
+    from .engine.run import RunOptions, create_container
+
+    opts = RunOptions.parse(a.image, a.cmd, remove=a.rm, **_run_kwargs(a))
+    print(create_container(opts).id)
+    return 0
+
+
 def cmd_exec(a: argparse.Namespace) -> int:
     from .engine.verbs import exec_
     from .errors import InvalidArgument, StateError
@@ -213,6 +254,7 @@ def cmd_logs(a: argparse.Namespace) -> int:
 
 
 def _add_other_verbs(sub) -> None:
+    _add_create(sub)
     _add_container_verbs(sub)
     i = sub.add_parser("images", help="list images")
     i.add_argument("-q", "--quiet", action="store_true", help="only show image ids")
@@ -308,12 +350,16 @@ def cmd_registry_htpasswd(a: argparse.Namespace) -> int:
     return 0
 
 
+def _run_kwargs(a: argparse.Namespace) -> dict:
+    return dict(name=a.name, hostname=a.hostname, env=a.env, volumes=a.volume, workdir=a.workdir,
+                memory=a.memory, cpus=a.cpus, pids_limit=a.pids_limit, readonly=a.read_only, init=a.init,
+                privileged=a.privileged, cap_add=a.cap_add, cap_drop=a.cap_drop, security_opt=a.security_opt)
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from .engine.run import RunOptions, plan, plan_config, run_foreground
 
-    kwargs = dict(name=a.name, hostname=a.hostname, env=a.env, volumes=a.volume, workdir=a.workdir,
-                  memory=a.memory, cpus=a.cpus, pids_limit=a.pids_limit, readonly=a.read_only, init=a.init,
-                  privileged=a.privileged, cap_add=a.cap_add, cap_drop=a.cap_drop, security_opt=a.security_opt)
+    kwargs = _run_kwargs(a)
     if a.explain:
         import json
 

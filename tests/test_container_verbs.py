@@ -263,3 +263,41 @@ def test_exec_is_refused_for_a_paused_or_exited_container():
         assert "container idle is not running: start it first" in exited.stderr
     finally:
         mc("rm", "-f", cid)
+
+
+def test_create_then_start_and_start_again_keeps_the_containers_files(engine_root):
+    from conftest import minicontainer_cgroups
+
+    tag = os.environ["MINICONTAINER_CGROUP_TAG"]
+    cid = mc("create", "--name", "keeper", "-m", "32m", "busybox", "sh", "-c",
+             "cat /count 2>/dev/null || echo 0 > /count; echo $(( $(cat /count) + 1 )) > /count").stdout.strip()
+    assert verbs.ps(all=True)[0]["Status"] == "Created"
+    assert not minicontainer_cgroups(tag), "a created container has no cgroup until it starts"
+    for expected in ("1", "2", "3"):
+        assert mc("start", "keeper").stdout == "keeper\n"
+        assert mc("wait", "keeper").stdout == "0\n"
+        upper = engine_root / "containers" / cid / "upper" / "count"
+        assert upper.read_text().strip() == expected    # the same upper dir each time
+    mc("restart", "keeper")
+    mc("wait", "keeper")
+    assert (engine_root / "containers" / cid / "upper" / "count").read_text().strip() == "4"
+    mc("rm", "keeper")
+
+
+def test_a_start_that_fails_keeps_the_container_exited_with_the_reason():
+    mc("create", "--name", "broken", "busybox", "no-such-command")
+    failed = mc("start", "broken", check=False)
+    assert failed.returncode == 1 and "executable file not found" in failed.stderr
+    row = verbs.ps(all=True)[0]
+    assert (row["Names"], row["State"], row["ExitCode"]) == ("broken", "exited", 127)
+    mc("rm", "broken")
+
+
+def test_start_of_a_paused_container_says_unpause():
+    cid = mc("run", "-d", "--name", "frozen", "busybox", "sleep", "60").stdout.strip()
+    try:
+        mc("pause", "frozen")
+        refused = mc("start", "frozen", check=False)
+        assert "container frozen is paused: unpause it instead" in refused.stderr
+    finally:
+        mc("rm", "-f", cid)

@@ -95,7 +95,7 @@ def pump_output(log: JsonLog, streams: dict[int, str]) -> None:
     log.close()
 
 
-def monitor(container_id: str, ready_fd: int, remove: bool) -> int:
+def monitor(container_id: str, ready_fd: int, remove: bool, new: bool = True) -> int:
     """Start the container from its bundle, report, log, wait, record the end. Returns its exit code."""
     from ..kernel.cgroups import open_cgroup
     from ..runtime.oci import read_bundle
@@ -113,8 +113,12 @@ def monitor(container_id: str, ready_fd: int, remove: bool) -> int:
     try:
         proc = _start(record, spec, (null, out_w, err_w), close_in_child=(out_r, err_r, ready_fd))
     except ContainerStartError as exc:
+        finish(record, cgroup, None, remove=new)
+        if not new:   # an existing container stays, exited with the reason's exit code, as docker's does
+            state = record.read_state()
+            state.exit_code = exc.exit_code
+            record.write_state(state)
         os.write(ready_fd, json.dumps({"error": str(exc), "exit_code": exc.exit_code}).encode())
-        finish(record, cgroup, None, remove=True)
         return exc.exit_code
     finally:
         for fd in (out_w, err_w, null):
@@ -130,7 +134,7 @@ def monitor(container_id: str, ready_fd: int, remove: bool) -> int:
 
 
 def main(argv: list[str]) -> int:
-    """python -m minicontainer.engine.monitor ID READY_FD [--rm]"""
+    """python -m minicontainer.engine.monitor ID READY_FD [--rm] [--new]"""
     # Fork once more and let the first process exit at once: the monitor is then nobody's
     # child (init, or the nearest subreaper, reaps it), so no CLI or notebook kernel that
     # started it is left with a zombie to collect.
@@ -138,7 +142,7 @@ def main(argv: list[str]) -> int:
         os._exit(0)
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):   # the CLI's terminal is not ours
         signal.signal(sig, signal.SIG_IGN)
-    return monitor(argv[0], int(argv[1]), "--rm" in argv[2:])
+    return monitor(argv[0], int(argv[1]), "--rm" in argv[2:], "--new" in argv[2:])
 
 
 if __name__ == "__main__":

@@ -361,6 +361,7 @@ def _start(record: ContainerRecord, spec: ContainerSpec, stdio: tuple[int, int, 
     proc = start_container(spec, stdio, close_in_child)
     state = record.read_state()
     state.status, state.pid, state.started_at = "running", proc.init_pid, time.time()
+    state.exit_code, state.oom_killed, state.finished_at = None, False, 0.0   # a restart's fresh run
     record.write_state(state)
     return proc
 
@@ -398,20 +399,41 @@ def run_foreground(opts: RunOptions) -> tuple[ContainerState, Trace, ContainerRe
 
 
 def run_detached(opts: RunOptions) -> ContainerRecord:
-    """run -d: create the container, hand it to a monitor process, return once its command runs.
+    """run -d: create the container, hand it to a monitor process, return once its command runs."""
+    record, _, cgroup = prepare(opts)
+    return launch_monitor(record, cgroup, remove=opts.remove, new=True)
+
+
+def create_container(opts: RunOptions) -> ContainerRecord:
+    """create: the container's record, bundle and directories, but no process and no cgroup yet."""
+    record, _, cgroup = prepare(opts)
+    cgroup.remove()   # made again, with its limits, by start
+    record.write_state(ContainerState(status="created"))
+    return record
+
+
+def options_of(record: ContainerRecord) -> RunOptions:
+    """What set_up_cgroup needs again when an existing container starts: its limits and privilege."""
+    return RunOptions(image=record.image, memory=record.memory, cpus=record.cpus, pids_limit=record.pids_limit,
+                      privileged=record.privileged)
+
+
+def launch_monitor(record: ContainerRecord, cgroup: Cgroup, *, remove: bool, new: bool) -> ContainerRecord:
+    """Hand a prepared container to a monitor process; return once its command runs.
 
     The monitor (engine/monitor.py) starts the container from its bundle, logs its output,
-    waits for it and records how it ended; this process can exit as soon as it hears "started".
+    waits for it and records how it ended; this process can exit as soon as it hears
+    "started". ``new``: the container was made for this start (run -d), so a failure to
+    start removes it, as a foreground run does; an existing one is kept, exited.
     """
     import subprocess
 
-    record, spec, cgroup = prepare(opts)
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    flags = (["--rm"] if remove else []) + (["--new"] if new else [])
     try:
         with open(record.dir / "monitor.log", "ab") as errors:
             starter = subprocess.Popen(
-                [sys.executable, "-m", "minicontainer.engine.monitor", record.id, str(ready_w)]
-                + (["--rm"] if opts.remove else []),
+                [sys.executable, "-m", "minicontainer.engine.monitor", record.id, str(ready_w), *flags],
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, pass_fds=(ready_w,),
                 start_new_session=True)   # a session of its own: no Ctrl-C or hangup from our terminal
         os.close(ready_w)
@@ -419,7 +441,7 @@ def run_detached(opts: RunOptions) -> ContainerRecord:
         starter.wait()   # it forks the monitor and exits at once
         reply = _read_all(ready_r)
     except BaseException:
-        finish(record, cgroup, None, remove=True)
+        finish(record, cgroup, None, remove=new)
         raise
     finally:
         os.close(ready_r)
@@ -428,8 +450,8 @@ def run_detached(opts: RunOptions) -> ContainerRecord:
     answer = json.loads(reply) if reply else {"error": "the container's monitor died before starting it: see "
                                                       f"{record.dir / 'monitor.log'}", "exit_code": 125}
     if "error" in answer:
-        if record.dir.exists():
-            finish(record, cgroup, None, remove=True)
+        if record.dir.exists() and record.read_state().status == "running":
+            finish(record, cgroup, None, remove=new)
         raise ContainerStartError(answer["error"], answer.get("exit_code", 125))
     return record
 

@@ -289,6 +289,27 @@ def exec_(ref: str, args: list[str], *, env: list[str] | None = None, workdir: s
     return exec_in_container(state.pid, spec, stdio, close_in_child)
 
 
+def start(ref: str) -> ContainerRecord:
+    """start: run a created or exited container again, detached; its upper dir, so its files, are kept."""
+    from ..kernel.cgroups import open_cgroup as cgroup_of
+    from .run import cgroup_name, launch_monitor, options_of, set_up_cgroup
+
+    record, state = _live(ref, "start")
+    if state.status == "running":
+        return record
+    cgroup = cgroup_of(cgroup_name(record.id))
+    set_up_cgroup(cgroup, options_of(record))
+    return launch_monitor(record, cgroup, remove=record.auto_remove, new=False)
+
+
+def restart(ref: str, timeout: float = 10) -> ContainerRecord:
+    """stop (if it runs), then start."""
+    record, state = _live(ref, "restart")
+    if state.status in ("running", "paused"):
+        stop(ref, timeout)
+    return start(record.id)
+
+
 def wait(ref: str) -> int:
     """Block until the container exits; its exit code (`docker wait`)."""
     record = find_record(ref)
