@@ -20,8 +20,8 @@ from minicontainer.engine.containers import find_record
 from minicontainer.engine.monitor import JsonLog
 from minicontainer.errors import StateError
 
-pytestmark = pytest.mark.v2
-
+# The cgroup-facing ones (freezer, limits, cgroup removal, a killed monitor) also run in the
+# cgroup v2 guest (make test-v2), where each CLI call costs seconds: marked one by one.
 CLI = [sys.executable, "-m", "minicontainer"]
 LOOP = "trap 'echo bye; exit 3' TERM; echo hello; echo oops >&2; while :; do sleep 0.05; done"
 
@@ -53,6 +53,7 @@ def _until(predicate, what: str, timeout: float = 20):
     return value
 
 
+@pytest.mark.v2
 def test_a_detached_container_runs_logs_pauses_stops_and_is_removed(engine_root):
     cid = mc("run", "-d", "--name", "web", "busybox", "sh", "-c", LOOP).stdout.strip()
     assert len(cid) == 64
@@ -85,6 +86,7 @@ def test_a_detached_container_runs_logs_pauses_stops_and_is_removed(engine_root)
     assert verbs.ps(all=True) == [] and not record.dir.exists()
 
 
+@pytest.mark.v2
 def test_pause_freezes_every_process_in_the_container():
     cid = mc("run", "-d", "busybox", "sh", "-c", "sleep 60 & sleep 60 & wait").stdout.strip()
     record = find_record(cid)
@@ -129,6 +131,7 @@ def test_a_detached_rm_container_removes_itself_when_it_exits(engine_root):
     assert verbs.ps(all=True) == []
 
 
+@pytest.mark.v2
 def test_after_kill_9_of_the_monitor_ps_reports_exited_137_and_rm_cleans_up(engine_root):
     cid = mc("run", "-d", "--name", "victim", "busybox", "sleep", "60").stdout.strip()
     state = find_record(cid).read_state()
@@ -156,6 +159,7 @@ def test_after_kill_9_of_a_foreground_cli_the_name_is_free_again(tmp_path):
     mc("rm", "k9")
 
 
+@pytest.mark.v2
 def test_rm_force_removes_a_running_container_with_its_cgroup(engine_root):
     from conftest import minicontainer_cgroups
 
@@ -238,6 +242,7 @@ def test_exec_joins_every_namespace_of_pid_1_and_gets_its_profile():
         mc("rm", "-f", cid)
 
 
+@pytest.mark.v2
 def test_exec_is_held_to_the_containers_limits():
     cid = mc("run", "-d", "-m", "32m", "busybox", "sleep", "60").stdout.strip()
     try:
@@ -265,6 +270,7 @@ def test_exec_is_refused_for_a_paused_or_exited_container():
         mc("rm", "-f", cid)
 
 
+@pytest.mark.v2
 def test_create_then_start_and_start_again_keeps_the_containers_files(engine_root):
     from conftest import minicontainer_cgroups
 

@@ -619,3 +619,30 @@ def test_rootfs_propagation_is_applied_to_the_containers_root(work, ours, runc, 
         assert seen["runc"] == (0, "-\n", "")
     else:
         assert seen["ours"] == seen["runc"]
+
+
+def test_a_failing_prestart_hook_fails_create_and_leaves_no_container(work, ours):
+    bundle = _bundle(work / "b", work / "rootfs", ["true"], hooks={"prestart": [{"path": "/bin/false"}]})
+    cid = _id()
+    rc, message = ours.error("create", "--bundle", str(bundle), cid)
+    assert (rc, message) == (1, "create failed: error running prestart hook #0: "
+                                "exit status 1, stdout: , stderr: ")
+    assert ours.error("state", cid) == (1, "container does not exist")
+
+
+def test_failing_poststart_and_poststop_hooks_are_warnings_and_the_rest_still_run(work, ours):
+    log = work / "hooks.log"
+    then = {"path": "/bin/sh", "args": ["sh", "-c", f"echo called >> {log}"]}
+    bundle = _bundle(work / "b", work / "rootfs", ["true"],
+                     hooks={"poststart": [{"path": "/bin/false"}, then], "poststop": [{"path": "/bin/false"}, then]})
+    rc, _, err = ours("run", "--bundle", str(bundle), _id())
+    assert rc == 0 and log.read_text() == "called\ncalled\n"
+    assert err.count("level=warning") == 2 and "error running poststart hook #0: exit status 1" in err
+
+
+@needs_runc
+def test_a_namespace_path_of_the_wrong_type_is_refused(work, ours, runc):
+    bundle = _bundle(work / "b", work / "rootfs", ["true"])
+    _edit(bundle, lambda c: c["linux"]["namespaces"].append({"type": "cgroup", "path": "/proc/self/ns/ipc"}))
+    seen = {rt.name: rt("run", "--bundle", str(bundle), _id())[0] for rt in (ours, runc)}
+    assert seen == {"ours": 1, "runc": 1}

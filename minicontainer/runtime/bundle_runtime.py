@@ -41,6 +41,7 @@ ID_PATTERN = re.compile(r"^[\w+\-.]+$")   # runc's container id rule
 FIFO = "exec.fifo"
 STATE = "state.json"
 PR_SET_CHILD_SUBREAPER = 36
+NAMESPACE_FLAGS = {"user": syscalls.CLONE_NEWUSER, **{k: v[0] for k, v in namespaces.NAMESPACES.items()}}
 # signals a Python init would otherwise ignore as PID 1: while blocked before execve it
 # must die of them as runc's init does (execve resets the handlers for the command)
 INIT_EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
@@ -231,22 +232,35 @@ def set_up_cgroup(config: BundleConfig, container_id: str) -> tuple[Cgroup, list
 
 
 # ---- hooks --------------------------------------------------------------------------------
-def run_hooks(kind: str, hooks: list[Hook], state: dict) -> None:
-    """Run each hook with the state JSON on its stdin, as the runtime spec says; the first failure raises."""
-    payload = json.dumps(state).encode()
+def run_hooks(kind: str, hooks: list[Hook], state: dict, *, warn_only: bool = False) -> None:
+    """Run each hook with the state JSON on its stdin, as the runtime spec says.
+
+    The first failure raises; with ``warn_only`` (poststart, poststop: the spec says a
+    failure there is only a warning) it is logged and the remaining hooks still run.
+    """
     for i, hook in enumerate(hooks):
-        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in hook.env)
         try:
-            done = subprocess.run(hook.args, executable=hook.path, input=payload, env=env, capture_output=True,
-                                  timeout=hook.timeout, close_fds=True)
-        except subprocess.TimeoutExpired:
-            raise RuntimeFailure(f"error running {kind} hook #{i}: timeout after {hook.timeout} seconds") from None
-        except OSError as exc:
-            raise RuntimeFailure(f"error running {kind} hook #{i}: {exc.strerror.lower()}") from None
-        if done.returncode != 0:
-            how = f"exit status {done.returncode}" if done.returncode > 0 else f"signal: {-done.returncode}"
-            raise RuntimeFailure(f"error running {kind} hook #{i}: {how}, stdout: {done.stdout.decode().strip()}, "
-                                 f"stderr: {done.stderr.decode().strip()}")
+            _run_hook(kind, i, hook, state)
+        except RuntimeFailure as exc:
+            if not warn_only:
+                raise
+            warn(str(exc))
+
+
+def _run_hook(kind: str, i: int, hook: Hook, state: dict) -> None:
+    """One hook: its path, args and env from config.json; the state JSON on stdin; killed after its timeout."""
+    env = dict(item.split("=", 1) if "=" in item else (item, "") for item in hook.env)
+    try:
+        done = subprocess.run(hook.args, executable=hook.path, input=json.dumps(state).encode(), env=env,
+                              capture_output=True, timeout=hook.timeout, close_fds=True)
+    except subprocess.TimeoutExpired:
+        raise RuntimeFailure(f"error running {kind} hook #{i}: timeout after {hook.timeout} seconds") from None
+    except OSError as exc:
+        raise RuntimeFailure(f"error running {kind} hook #{i}: {exc.strerror.lower()}") from None
+    if done.returncode != 0:
+        how = f"exit status {done.returncode}" if done.returncode > 0 else f"signal: {-done.returncode}"
+        raise RuntimeFailure(f"error running {kind} hook #{i}: {how}, stdout: {done.stdout.decode().strip()}, "
+                             f"stderr: {done.stderr.decode().strip()}")
 
 
 def hooks_of(record: ContainerRecord, kind: str) -> list[Hook]:
@@ -376,7 +390,11 @@ def _namespace_child(config: BundleConfig, fd: int, fifo_fd: int) -> None:
         for kind in ("user", "ipc", "uts", "net", "pid", "mnt", "cgroup"):
             if kinds.get(kind):
                 ns = os.open(kinds[kind], os.O_RDONLY | os.O_CLOEXEC)
-                syscalls.setns(ns, 0)
+                try:   # naming the type makes the kernel refuse a path to another kind of namespace
+                    syscalls.setns(ns, NAMESPACE_FLAGS[kind])
+                except MinicontainerError:
+                    raise RuntimeFailure(f"setns {kinds[kind]}: invalid argument: is it a {kind} namespace?") \
+                        from None
                 os.close(ns)
         if "user" in kinds and not kinds["user"]:
             syscalls.unshare(syscalls.CLONE_NEWUSER)
@@ -484,11 +502,7 @@ def start(root: str, container_id: str) -> Container:
     finally:
         os.close(fd)
     os.unlink(container.fifo)
-    try:
-        run_hooks("poststart", hooks_of(container.record, "poststart"), container.state("running"))
-    except RuntimeFailure:
-        _kill(container.record.init_pid)
-        raise
+    run_hooks("poststart", hooks_of(container.record, "poststart"), container.state("running"), warn_only=True)
     return container
 
 
@@ -550,10 +564,8 @@ def destroy(container: Container) -> None:
                 pass   # another container uses it now
     state = container.state("stopped")
     shutil.rmtree(container.dir, ignore_errors=True)
-    try:
-        run_hooks("poststop", hooks_of(container.record, "poststop"), state)
-    except RuntimeFailure as exc:
-        warn(str(exc))   # runc only warns: the container is gone either way
+    # the container is gone either way: a failing hook is a warning, the others still run
+    run_hooks("poststop", hooks_of(container.record, "poststop"), state, warn_only=True)
 
 
 def _stderr_warning(message: str) -> None:
