@@ -329,7 +329,7 @@ def test_the_minicontainer_cli_hands_runtime_to_the_same_code(work):
 
 # ---- what the container sees -------------------------------------------------------------
 VIEW = ("hostname; id; grep -E '^(Cap|NoNewPrivs)' /proc/self/status; ulimit -n; umask; pwd; "
-        "cut -d' ' -f5,6,9 /proc/self/mountinfo | grep -v '^/sys/fs/cgroup'; ls -ln /dev | cut -c1-10,35-; "
+        "cut -d' ' -f5,6,9 /proc/self/mountinfo | grep -v '^/sys/fs/cgroup'; ls -ln /dev | awk '{ print $1, $3, $4, $5, $6, $NF }'; "
         "cat /sys/fs/cgroup/devices/devices.list; cat /sys/fs/cgroup/memory/memory.limit_in_bytes; "
         "cat /sys/fs/cgroup/pids/pids.max; cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us; "
         "cat /proc/sys/net/ipv4/ip_forward; wc -c < /proc/keys; echo x > /proc/sys/kernel/domainname; "
