@@ -11,7 +11,9 @@ from __future__ import annotations
 TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which costs the CLI ~10 ms
 
 __version__ = "0.1.0"
-__all__ = ["run", "plan", "Sandbox", "images", "pull", "push", "tag", "Trace", "Step", "namespace_ids", "MinicontainerError"]
+__all__ = ["run", "plan", "create", "start", "stop", "restart", "kill", "pause", "unpause", "rm", "exec", "ps",
+           "logs", "wait", "inspect", "Sandbox", "images", "pull", "push", "tag", "Trace", "Step", "namespace_ids",
+           "MinicontainerError"]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .engine.run import plan, run
@@ -25,6 +27,12 @@ _LAZY = {
     "Sandbox": ("engine.sandbox", "Sandbox"), "images": ("engine.images", "list_images"),
     "pull": ("engine.images", "pull_image"), "push": ("engine.images", "push_image"),
     "tag": ("engine.images", "tag_image"),
+    # the lifecycle: run(detach=True) or create, then these, by name or id
+    "create": ("engine.run", "create"), "start": ("engine.verbs", "start"), "stop": ("engine.verbs", "stop"),
+    "restart": ("engine.verbs", "restart"), "kill": ("engine.verbs", "kill"), "pause": ("engine.verbs", "pause"),
+    "unpause": ("engine.verbs", "unpause"), "rm": ("engine.verbs", "remove"), "exec": ("engine.verbs", "exec_run"),
+    "ps": ("engine.verbs", "ps"), "logs": ("engine.verbs", "logs"), "wait": ("engine.verbs", "wait"),
+    "inspect": ("engine.containers", "inspect_container"),
     "Trace": ("trace", "Trace"), "Step": ("trace", "Step"),
     "namespace_ids": ("kernel.namespaces", "namespace_ids"),
     "MinicontainerError": ("errors", "MinicontainerError"),

@@ -307,3 +307,39 @@ def test_start_of_a_paused_container_says_unpause():
         assert "container frozen is paused: unpause it instead" in refused.stderr
     finally:
         mc("rm", "-f", cid)
+
+
+def test_rm_racing_start_never_leaves_a_half_removed_container(engine_root):
+    from conftest import minicontainer_cgroups
+
+    tag = os.environ["MINICONTAINER_CGROUP_TAG"]
+    for round_ in range(3):
+        cid = mc("create", "busybox", "sleep", "60").stdout.strip()
+        calls = [subprocess.Popen(CLI + [verb, *flags, cid], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for verb, flags in [("start", []), ("rm", ["-f"]), ("start", []), ("rm", ["-f"]), ("start", [])]]
+        outcomes = [(c.wait(timeout=120), c.stderr.read()) for c in calls]
+        for code, err in outcomes:
+            assert "Traceback" not in err, err
+            assert code == 0 or "no such container" in err, err   # a start that lost the race says so
+        assert not (engine_root / "containers" / cid).exists(), f"round {round_}: the rm -f must win in the end"
+        _until(lambda: not minicontainer_cgroups(tag), "no cgroup left")
+    assert verbs.ps(all=True) == []
+
+
+def test_the_python_api_drives_the_same_lifecycle():
+    import minicontainer
+
+    cid = minicontainer.run("busybox", "echo up; sleep 60", detach=True, name="api")
+    try:
+        assert [r["Names"] for r in minicontainer.ps()] == ["api"]
+        done = minicontainer.exec("api", "hostname")
+        assert done.exit_code == 0 and done.stdout == cid[:12] + "\n"
+        names = done.trace.names()
+        assert names.index("setns") < names.index("seccomp") < names.index("execve")
+        minicontainer.pause("api")
+        assert minicontainer.inspect("api")["State"]["Paused"] is True
+        minicontainer.unpause("api")
+        minicontainer.stop("api", timeout=0.2)
+        assert minicontainer.wait("api") == 137 and minicontainer.logs("api") == "up\n"
+    finally:
+        minicontainer.rm("api", force=True)

@@ -326,13 +326,17 @@ def _capture(proc: ContainerProcess, out_r: int, err_r: int, stdin_w: int | None
 
 
 def run(image: str = "busybox", cmd: list[str] | str | None = None, *, input: bytes | str = b"",
-        **options) -> RunResult:
+        detach: bool = False, **options) -> RunResult | str:
     """Run a container to completion and return its exit code, output and step trace.
 
     ``cmd`` is a list (exec form) or a string (run with ``sh -c``). Options are those of
     `minicontainer run`: name, hostname, env, volumes, workdir, memory ("64m"), cpus,
-    pids_limit, readonly, remove (defaults to True here: nothing is kept).
+    pids_limit, readonly, remove (defaults to True here: nothing is kept). With
+    ``detach=True`` (run -d) it returns the container's id as soon as its command runs.
     """
+    if detach:
+        options.setdefault("remove", False)
+        return run_detached(RunOptions.parse(image, cmd, **options)).id
     options.setdefault("remove", True)
     opts = RunOptions.parse(image, cmd, **options)
     with trace.recording() as tr:
@@ -402,6 +406,11 @@ def run_detached(opts: RunOptions) -> ContainerRecord:
     """run -d: create the container, hand it to a monitor process, return once its command runs."""
     record, _, cgroup = prepare(opts)
     return launch_monitor(record, cgroup, remove=opts.remove, new=True)
+
+
+def create(image: str = "busybox", cmd: list[str] | str | None = None, **options) -> str:
+    """create: a container ready to start (options as for run); returns its id."""
+    return create_container(RunOptions.parse(image, cmd, **options)).id
 
 
 def create_container(opts: RunOptions) -> ContainerRecord:

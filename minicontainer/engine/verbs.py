@@ -11,7 +11,9 @@ import json
 import os
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from ..atomic import file_lock
 from ..kernel.cgroups import open_cgroup
@@ -144,15 +146,34 @@ def _name(record: ContainerRecord) -> str:
     return record.name or record.id[:12]
 
 
-def _live(ref: str, verb: str) -> tuple[ContainerRecord, ContainerState]:
+def _live(ref: str, verb: str, record: ContainerRecord | None = None) -> tuple[ContainerRecord, ContainerState]:
     """Find the container and check that ``verb`` may act on it now."""
-    record = find_record(ref)
-    state = reconcile(record)
+    from .containers import ContainerNotFound
+
+    record = record or find_record(ref)
+    state = reconcile(record) if record.dir.exists() else None
     if state is None:
-        from .containers import ContainerNotFound
         raise ContainerNotFound(f"no such container: {ref}")
     transition(_name(record), state.status, verb)
     return record, state
+
+
+@contextmanager
+def _locked(ref: str, verb: str) -> Iterator[tuple[ContainerRecord, ContainerState]]:
+    """Hold the container's own lock while ``verb`` acts on it: two CLI calls on one container
+    (an rm racing a start) take turns, and the second sees what the first left."""
+    from .containers import ContainerNotFound
+
+    record = find_record(ref)
+    try:
+        lock = file_lock(record.dir / ".lock")
+        lock.__enter__()
+    except FileNotFoundError:
+        raise ContainerNotFound(f"no such container: {ref}") from None
+    try:
+        yield _live(ref, verb, record)   # checked again under the lock: the state may have changed
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def wait_for_exit(record: ContainerRecord, timeout: float | None = None) -> ContainerState | None:
@@ -180,12 +201,12 @@ def _wait_for_monitor(pid: int) -> None:
 
 def kill(ref: str, sig: int | str = signal.SIGKILL) -> ContainerRecord:
     """Send a signal to the container's PID 1 (`kill -s SIG`); SIGKILL by default, as docker's."""
-    record, state = _live(ref, "kill")
-    number = parse_signal(sig)
-    os.kill(state.pid, number)
-    if state.status == "paused":   # a frozen process acts on a signal only once thawed
-        _thaw(record, state)
-    return record
+    with _locked(ref, "kill") as (record, state):
+        number = parse_signal(sig)
+        os.kill(state.pid, number)
+        if state.status == "paused":   # a frozen process acts on a signal only once thawed
+            _thaw(record, state)
+        return record
 
 
 def parse_signal(sig: int | str) -> int:
@@ -204,17 +225,17 @@ def parse_signal(sig: int | str) -> int:
 
 def stop(ref: str, timeout: float = 10) -> ContainerRecord:
     """SIGTERM to PID 1, then SIGKILL if it is still running ``timeout`` seconds later."""
-    record, state = _live(ref, "stop")
-    if state.status not in ("running", "paused"):
+    with _locked(ref, "stop") as (record, state):
+        if state.status not in ("running", "paused"):
+            return record
+        os.kill(state.pid, signal.SIGTERM)
+        if state.status == "paused":
+            _thaw(record, state)
+        state = wait_for_exit(record, timeout)
+        if state is not None and state.status in ("running", "paused"):
+            os.kill(state.pid, signal.SIGKILL)
+            wait_for_exit(record)
         return record
-    os.kill(state.pid, signal.SIGTERM)
-    if state.status == "paused":
-        _thaw(record, state)
-    state = wait_for_exit(record, timeout)
-    if state is not None and state.status in ("running", "paused"):
-        os.kill(state.pid, signal.SIGKILL)
-        wait_for_exit(record)
-    return record
 
 
 def _set_status(record: ContainerRecord, expected: str, new: str) -> None:
@@ -238,34 +259,30 @@ def pause(ref: str) -> ContainerRecord:
     """Freeze every process of the container through its cgroup's freezer."""
     from .run import cgroup_name
 
-    record, state = _live(ref, "pause")
-    open_cgroup(cgroup_name(record.id)).freeze()
-    _set_status(record, "running", transition(_name(record), state.status, "pause"))
-    return record
+    with _locked(ref, "pause") as (record, state):
+        open_cgroup(cgroup_name(record.id)).freeze()
+        _set_status(record, "running", transition(_name(record), state.status, "pause"))
+        return record
 
 
 def unpause(ref: str) -> ContainerRecord:
     """Thaw the container's processes: they carry on where they stopped."""
-    record, state = _live(ref, "unpause")
-    _thaw(record, state)
-    return record
+    with _locked(ref, "unpause") as (record, state):
+        _thaw(record, state)
+        return record
 
 
 def remove(ref: str, force: bool = False) -> str:
     """rm: the container's record, upper dir, logs and state; with force, killed first. Returns its id."""
-    record = find_record(ref)
-    state = reconcile(record)
-    if state is None:
-        return record.id
-    transition(_name(record), state.status, "rm -f" if force else "rm")
-    if state.status in ("running", "paused"):
-        os.kill(state.pid, signal.SIGKILL)
-        if state.status == "paused":
-            _thaw(record, state)
-        wait_for_exit(record)
-    with file_lock(containers_dir() / ".lock"):
-        _remove_cgroup(record)
-        remove_record(record)
+    with _locked(ref, "rm -f" if force else "rm") as (record, state):
+        if state.status in ("running", "paused"):
+            os.kill(state.pid, signal.SIGKILL)
+            if state.status == "paused":
+                _thaw(record, state)
+            wait_for_exit(record)
+        with file_lock(containers_dir() / ".lock"):
+            _remove_cgroup(record)
+            remove_record(record)
     return record.id
 
 
@@ -294,12 +311,12 @@ def start(ref: str) -> ContainerRecord:
     from ..kernel.cgroups import open_cgroup as cgroup_of
     from .run import cgroup_name, launch_monitor, options_of, set_up_cgroup
 
-    record, state = _live(ref, "start")
-    if state.status == "running":
-        return record
-    cgroup = cgroup_of(cgroup_name(record.id))
-    set_up_cgroup(cgroup, options_of(record))
-    return launch_monitor(record, cgroup, remove=record.auto_remove, new=False)
+    with _locked(ref, "start") as (record, state):
+        if state.status == "running":
+            return record
+        cgroup = cgroup_of(cgroup_name(record.id))
+        set_up_cgroup(cgroup, options_of(record))
+        return launch_monitor(record, cgroup, remove=record.auto_remove, new=False)
 
 
 def restart(ref: str, timeout: float = 10) -> ContainerRecord:
@@ -308,6 +325,38 @@ def restart(ref: str, timeout: float = 10) -> ContainerRecord:
     if state.status in ("running", "paused"):
         stop(ref, timeout)
     return start(record.id)
+
+
+def exec_run(ref: str, cmd: list[str] | str, *, env: list[str] | None = None, workdir: str = ""):
+    """exec, for Python: run ``cmd`` in the container to completion; a RunResult with its output and steps."""
+    from .. import trace
+    from .run import RunResult, _capture
+
+    args = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+    with trace.recording() as tr:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            proc = exec_(ref, args, env=env, workdir=workdir, stdio=(null, out_w, err_w), close_in_child=(out_r, err_r))
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            for fd in (out_w, err_w, null):
+                os.close(fd)
+        stdout, stderr = _capture(proc, out_r, err_r, None, b"")
+        code = proc.wait()
+        proc.reap()
+    record = find_record(ref)
+    return RunResult(code, stdout.decode(errors="replace"), stderr.decode(errors="replace"), tr,
+                     container_id=record.id, name=record.name)
+
+
+def logs(ref: str, *, tail: int | None = None, timestamps: bool = False) -> str:
+    """The container's logged stdout and stderr, interleaved in the order they were written."""
+    return "".join(text for _, text in read_logs(ref, tail=tail, timestamps=timestamps))
 
 
 def wait(ref: str) -> int:
