@@ -646,3 +646,30 @@ def test_a_namespace_path_of_the_wrong_type_is_refused(work, ours, runc):
     _edit(bundle, lambda c: c["linux"]["namespaces"].append({"type": "cgroup", "path": "/proc/self/ns/ipc"}))
     seen = {rt.name: rt("run", "--bundle", str(bundle), _id())[0] for rt in (ours, runc)}
     assert seen == {"ours": 1, "runc": 1}
+
+
+def test_properties_the_spec_does_not_define_are_ignored_as_it_requires():
+    from minicontainer.runtime.bundle_runtime import default_spec
+
+    config = default_spec()
+    config["unknown"] = "x"
+    config["process"]["org.example.extension"] = {"a": 1}
+    config["linux"]["futureField"] = True
+    assert parse_config(config, "/b").args == ["sh"]
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda c: c.update(ociVersion="invalid"), "ociVersion"),
+    (lambda c: c["linux"].update(maskedPaths=["masked-relpath"]), "linux.maskedPaths"),
+    (lambda c: c["linux"].update(readonlyPaths=["ro-relpath"]), "linux.readonlyPaths"),
+    (lambda c: c["process"].update(apparmorProfile="docker-default"), "process.apparmorProfile"),
+    (lambda c: c.update(windows={"layerFolders": []}) or c.update(windows={"x": 1}), "windows"),
+])
+def test_invalid_values_and_spec_fields_it_cant_honour_are_refused(change, field):
+    from minicontainer.runtime.bundle_runtime import default_spec
+
+    config = default_spec()
+    change(config)
+    with pytest.raises(InvalidArgument) as info:
+        parse_config(config, "/b")
+    assert str(info.value).startswith(f"config.json: {field} ")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 from dataclasses import dataclass, field
 
@@ -105,6 +106,29 @@ class BundleConfig:
         return ""
 
 
+# Fields of runtime-spec v1.2 this runtime does not implement, by section. The spec says a
+# runtime MUST ignore properties it doesn't know at all (extensions); but a field the spec
+# defines and we can't honour is refused by name, never ignored.
+UNSUPPORTED = {
+    "": ("solaris", "windows", "vm", "zos"),
+    "process": ("commandLine", "apparmorProfile", "scheduler", "selinuxLabel", "ioPriority", "execCPUAffinity"),
+    "process.user": ("username",),
+    "linux": ("timeOffsets", "netDevices", "intelRdt", "mountLabel", "personality", "memoryPolicy"),
+    "linux.resources": ("blockIO", "hugepageLimits", "network", "rdma", "unified"),
+    "linux.resources.memory": ("reservation", "swap", "kernel", "kernelTCP", "swappiness", "disableOOMKiller",
+                               "useHierarchy", "checkBeforeUpdate"),
+    "linux.resources.cpu": ("shares", "burst", "realtimeRuntime", "realtimePeriod", "cpus", "mems", "idle"),
+}
+SEMVER = re.compile(r"^1\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
+
+
+def refuse_unsupported(section: str, values: dict) -> None:
+    """Refuse, by name, a field of ``section`` that the spec defines and we don't implement."""
+    for key in UNSUPPORTED[section]:
+        if values.get(key) not in (None, "", 0, False, [], {}):
+            raise _unsupported(f"{section}.{key}" if section else key, values[key])
+
+
 def refuse(field_name: str, why: str) -> InvalidArgument:
     """A one-line refusal that names the config.json field."""
     return InvalidArgument(f"config.json: {field_name} {why}")
@@ -133,12 +157,10 @@ def load_bundle_config(bundle: str) -> BundleConfig:
 
 def parse_config(raw: dict, bundle: str) -> BundleConfig:
     """Turn config.json's dict into a BundleConfig, refusing by name what can't be honoured."""
-    for key in raw:
-        if key not in ("ociVersion", "process", "root", "hostname", "domainname", "mounts", "hooks",
-                       "linux", "annotations"):
-            raise _unsupported(key, raw[key])
-    if not isinstance(raw.get("ociVersion"), str):
-        raise refuse("ociVersion", "is missing: every config.json names the spec version, e.g. \"1.2.0\"")
+    refuse_unsupported("", raw)
+    if not isinstance(raw.get("ociVersion"), str) or not SEMVER.match(raw["ociVersion"]):
+        raise refuse("ociVersion", f"is {json.dumps(raw.get('ociVersion'))}: name the runtime spec version "
+                                   "it follows, e.g. \"1.2.0\"")
     config = BundleConfig(bundle=bundle, raw=raw, args=[], env=[], cwd="/")
     _parse_process(config, raw.get("process"))
     _parse_root(config, raw.get("root"))
@@ -162,17 +184,10 @@ def _string(raw: dict, key: str) -> str:
 def _parse_process(config: BundleConfig, process: dict | None) -> None:
     if not isinstance(process, dict):
         raise refuse("process", "is missing: say what to run (process.args, process.cwd)")
-    known = {"terminal", "consoleSize", "user", "args", "env", "cwd", "capabilities", "noNewPrivileges",
-             "rlimits", "oomScoreAdj", "apparmorProfile", "selinuxLabel"}
-    for key in process:
-        if key not in known:
-            raise _unsupported(f"process.{key}", process[key])
+    refuse_unsupported("process", process)
     if process.get("terminal"):
         raise refuse("process.terminal", "is true: minicontainer's runtime has no terminal support yet; "
                                          "set it to false (the container then shares the runtime's stdio)")
-    for key in ("apparmorProfile", "selinuxLabel"):
-        if process.get(key):
-            raise _unsupported(f"process.{key}", process[key])
     args = process.get("args")
     if not args or not isinstance(args, list) or not all(isinstance(a, str) for a in args):
         raise refuse("process.args", "must be a non-empty list of strings: the command to run")
@@ -183,9 +198,7 @@ def _parse_process(config: BundleConfig, process: dict | None) -> None:
         raise InvalidArgument("Cwd must be an absolute path")   # runc's words
     config.cwd = cwd
     user = process.get("user") or {}
-    for key in user:
-        if key not in ("uid", "gid", "additionalGids", "umask"):
-            raise _unsupported(f"process.user.{key}", user[key])
+    refuse_unsupported("process.user", user)
     config.uid, config.gid = int(user.get("uid", 0)), int(user.get("gid", 0))
     config.additional_gids = [int(g) for g in user.get("additionalGids") or []]
     config.umask = int(user["umask"]) if user.get("umask") is not None else None
@@ -258,11 +271,7 @@ def _parse_overlay(config: BundleConfig) -> None:
 
 
 def _parse_linux(config: BundleConfig, linux: dict) -> None:
-    known = {"namespaces", "resources", "cgroupsPath", "maskedPaths", "readonlyPaths", "sysctl", "uidMappings",
-             "gidMappings", "devices", "rootfsPropagation", "seccomp"}
-    for key, value in linux.items():
-        if key not in known and value:
-            raise _unsupported(f"linux.{key}", value)
+    refuse_unsupported("linux", linux)
     for i, ns in enumerate(linux.get("namespaces") or []):
         kind = NAMESPACE_KINDS.get(ns.get("type", ""))
         if kind is None:
@@ -287,6 +296,10 @@ def _parse_linux(config: BundleConfig, linux: dict) -> None:
                                           "minicontainer's runtime uses cgroupfs paths like /mycontainers/c1")
     config.masked_paths = list(linux.get("maskedPaths") or [])
     config.readonly_paths = list(linux.get("readonlyPaths") or [])
+    for name, paths in (("maskedPaths", config.masked_paths), ("readonlyPaths", config.readonly_paths)):
+        for path in paths:
+            if not str(path).startswith("/"):
+                raise refuse(f"linux.{name}", f"has {path!r}: each path must be absolute, as the container sees it")
     config.sysctl = {str(k): str(v) for k, v in (linux.get("sysctl") or {}).items()}
     for key in config.sysctl:
         _check_sysctl(config, key)
@@ -337,19 +350,13 @@ def _mapping(field_name: str, m: dict) -> IdMapping:
 
 def _parse_resources(config: BundleConfig, resources: dict) -> None:
     """linux.resources: memory.limit, cpu.quota/period, pids.limit and devices; refuse the rest by name."""
-    for key, value in resources.items():
-        if key not in ("memory", "cpu", "pids", "devices") and value:
-            raise _unsupported(f"linux.resources.{key}", value)
+    refuse_unsupported("linux.resources", resources)
     memory = resources.get("memory") or {}
-    for key, value in memory.items():
-        if key != "limit" and value is not None:
-            raise _unsupported(f"linux.resources.memory.{key}", value)
+    refuse_unsupported("linux.resources.memory", memory)
     if memory.get("limit") is not None and memory["limit"] >= 0:
         config.memory = int(memory["limit"])
     cpu = resources.get("cpu") or {}
-    for key, value in cpu.items():
-        if key not in ("quota", "period") and value not in (None, "", 0):
-            raise _unsupported(f"linux.resources.cpu.{key}", value)
+    refuse_unsupported("linux.resources.cpu", cpu)
     if cpu.get("quota") is not None and cpu["quota"] > 0:
         period = cpu.get("period") or 100_000
         if period != 100_000:
