@@ -100,6 +100,22 @@ def _add_container_verbs(sub) -> None:
             v.add_argument("-t", "--time", type=float, default=10, help="seconds to wait before SIGKILL")
         v.add_argument("containers", nargs="+")
         v.set_defaults(func=cmd_start if verb == "start" else cmd_restart)
+    tp = sub.add_parser("top", help="the processes of a running container, as the host sees them")
+    tp.add_argument("container")
+    tp.set_defaults(func=cmd_top)
+    sts = sub.add_parser("stats", help="live CPU, memory and pids figures of running containers (from their cgroups)")
+    sts.add_argument("--no-stream", action="store_true", help="print once and exit (the only mode so far)")
+    sts.add_argument("containers", nargs="*")
+    sts.set_defaults(func=cmd_stats)
+    rn = sub.add_parser("rename", help="rename a container")
+    rn.add_argument("container")
+    rn.add_argument("new_name")
+    rn.set_defaults(func=cmd_rename)
+    co = sub.add_parser("container", help="container management")
+    cosub = co.add_subparsers(dest="subverb", metavar="COMMAND")
+    cp_ = cosub.add_parser("prune", help="remove every stopped container")
+    cp_.add_argument("-f", "--force", action="store_true", help="don't ask (minicontainer never asks)")
+    cp_.set_defaults(func=cmd_container_prune)
     ex = sub.add_parser("exec", help="run a command in a running container (its namespaces, cgroup and profile)")
     ex.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     ex.add_argument("-w", "--workdir", default="")
@@ -199,6 +215,47 @@ def cmd_create(a: argparse.Namespace) -> int:
 
     opts = RunOptions.parse(a.image, a.cmd, remove=a.rm, **_run_kwargs(a))
     print(create_container(opts).id)
+    return 0
+
+
+def cmd_top(a: argparse.Namespace) -> int:
+    from .engine.verbs import top
+
+    rows = top(a.container)
+    print(f"{'UID':<6} {'PID':<8} {'PPID':<8} {'S':<2} CMD")
+    for r in rows:
+        print(f"{r['UID']:<6} {r['PID']:<8} {r['PPID']:<8} {r['STATE']:<2} {r['CMD']}")
+    return 0
+
+
+def cmd_stats(a: argparse.Namespace) -> int:
+    from .engine.verbs import ps, stats
+
+    refs = a.containers or [r["ID"] for r in ps()]
+    print(f"{'CONTAINER ID':<14} {'NAME':<20} {'CPU TIME':>10} {'MEM USAGE / LIMIT':>22} {'PIDS':>5}")
+    for ref in refs:
+        s = stats(ref)
+        limit = f"{s['MemLimit'] / 2**20:.1f}MiB" if s["MemLimit"] else "no limit"
+        print(f"{s['ID'][:12]:<14} {s['Name']:<20} {s['CPUSeconds']:>9.2f}s "
+              f"{s['MemUsage'] / 2**20:>9.1f}MiB / {limit:<10} {s['PIDs']:>5}")
+    return 0
+
+
+def cmd_rename(a: argparse.Namespace) -> int:
+    from .engine.verbs import rename
+
+    rename(a.container, a.new_name)
+    return 0
+
+
+def cmd_container_prune(a: argparse.Namespace) -> int:
+    from .engine.verbs import prune
+
+    removed = prune()
+    if removed:
+        print("Deleted Containers:")
+        print("\n".join(removed))
+    print(f"Total: {len(removed)} containers removed")
     return 0
 
 

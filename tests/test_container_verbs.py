@@ -343,3 +343,24 @@ def test_the_python_api_drives_the_same_lifecycle():
         assert minicontainer.wait("api") == 137 and minicontainer.logs("api") == "up\n"
     finally:
         minicontainer.rm("api", force=True)
+
+
+def test_top_stats_rename_and_container_prune():
+    cid = mc("run", "-d", "--name", "busy", "-m", "64m", "busybox", "sh", "-c", "sleep 60 & exec sleep 61").stdout.strip()
+    try:
+        rows = verbs.top("busy")
+        assert sorted(r["CMD"] for r in rows) == ["sleep 60", "sleep 61"]
+        assert rows[0]["PID"] == find_record(cid).read_state().pid    # host pids: PID 1 first
+        figures = verbs.stats("busy")
+        assert figures["PIDs"] == 2 and figures["MemLimit"] == 64 << 20 and 0 < figures["MemUsage"] < 64 << 20
+        assert "busy" in mc("stats", "--no-stream").stdout
+        mc("rename", "busy", "idle")
+        assert verbs.ps()[0]["Names"] == "idle"
+        mc("run", "--name", "taken", "busybox", "true")
+        clash = mc("rename", "idle", "taken", check=False)
+        assert clash.returncode == 125 and "already in use" in clash.stderr
+        pruned = mc("container", "prune", "-f").stdout
+        assert "Total: 1 containers removed" in pruned          # only the exited one
+        assert [r["Names"] for r in verbs.ps(all=True)] == ["idle"]
+    finally:
+        mc("rm", "-f", cid)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..atomic import file_lock
+from ..errors import MinicontainerError
 from ..kernel.cgroups import open_cgroup
 from .containers import ContainerRecord, ContainerState, find_record, list_records, remove_record
 from .lifecycle import transition
@@ -357,6 +358,63 @@ def exec_run(ref: str, cmd: list[str] | str, *, env: list[str] | None = None, wo
 def logs(ref: str, *, tail: int | None = None, timestamps: bool = False) -> str:
     """The container's logged stdout and stderr, interleaved in the order they were written."""
     return "".join(text for _, text in read_logs(ref, tail=tail, timestamps=timestamps))
+
+
+def top(ref: str) -> list[dict]:
+    """The container's processes, as the host sees them (`top`): every pid in its cgroup."""
+    from .run import cgroup_name
+
+    record, state = _live(ref, "exec")   # the same states as exec: it must be running
+    rows = []
+    for pid in sorted(open_cgroup(cgroup_name(record.id)).pids()):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except (FileNotFoundError, ProcessLookupError):
+            continue   # exited while we looked
+        rows.append({"UID": uid, "PID": pid, "PPID": int(fields[1]), "STATE": fields[0], "CMD": cmd})
+    return rows
+
+
+def stats(ref: str) -> dict:
+    """Live cgroup figures (`stats --no-stream`): CPU time, memory now and its limit, pids."""
+    from .run import cgroup_name
+
+    record, state = _live(ref, "exec")
+    figures = open_cgroup(cgroup_name(record.id)).stats()
+    return {"ID": record.id, "Name": _name(record), "CPUSeconds": figures.cpu_usage_usec / 1e6,
+            "MemUsage": figures.memory_current, "MemLimit": record.memory or 0, "MemPeak": figures.memory_peak,
+            "PIDs": figures.pids_current}
+
+
+def rename(ref: str, new_name: str) -> None:
+    """Give the container another name; names stay unique."""
+    from ..errors import InvalidArgument, StateError
+
+    if not new_name or not all(c.isalnum() or c in "_.-" for c in new_name) or not new_name[0].isalnum():
+        raise InvalidArgument(f"invalid container name {new_name!r}: use letters, digits, '_', '.', '-'")
+    with file_lock(containers_dir() / ".lock"):
+        record = find_record(ref)
+        if any(r.name == new_name and r.id != record.id for r in list_records()):
+            raise StateError(f"the container name {new_name!r} is already in use: remove that container or pick another")
+        record.name = new_name
+        record.save()
+
+
+def prune() -> list[str]:
+    """Remove every container that is not running or paused (`container prune`); their ids."""
+    removed = []
+    for record in list_records():
+        state = reconcile(record)
+        if state is not None and state.status in ("created", "exited"):
+            try:
+                removed.append(remove(record.id))
+            except MinicontainerError:
+                continue   # started again meanwhile: not ours to remove
+    return removed
 
 
 def wait(ref: str) -> int:
