@@ -100,6 +100,13 @@ def _add_container_verbs(sub) -> None:
             v.add_argument("-t", "--time", type=float, default=10, help="seconds to wait before SIGKILL")
         v.add_argument("containers", nargs="+")
         v.set_defaults(func=cmd_start if verb == "start" else cmd_restart)
+    cm = sub.add_parser("commit", help="make a new image from a container's changes (its upper dir as a layer)")
+    cm.add_argument("-m", "--message", default="")
+    cm.add_argument("-p", "--pause", default="true", choices=["true", "false"],
+                    help="pause a running container while its layer is written (default true)")
+    cm.add_argument("container")
+    cm.add_argument("repository", nargs="?")
+    cm.set_defaults(func=cmd_commit)
     tp = sub.add_parser("top", help="the processes of a running container, as the host sees them")
     tp.add_argument("container")
     tp.set_defaults(func=cmd_top)
@@ -215,6 +222,13 @@ def cmd_create(a: argparse.Namespace) -> int:
 
     opts = RunOptions.parse(a.image, a.cmd, remove=a.rm, **_run_kwargs(a))
     print(create_container(opts).id)
+    return 0
+
+
+def cmd_commit(a: argparse.Namespace) -> int:
+    from .engine.verbs import commit
+
+    print(commit(a.container, a.repository, message=a.message, pause_while=a.pause == "true"))
     return 0
 
 

@@ -364,3 +364,25 @@ def test_top_stats_rename_and_container_prune():
         assert [r["Names"] for r in verbs.ps(all=True)] == ["idle"]
     finally:
         mc("rm", "-f", cid)
+
+
+def test_commit_turns_a_containers_changes_into_a_new_layer_with_whiteouts():
+    mc("run", "--name", "changed", "busybox", "sh", "-c", "echo hi > /hello; rm /bin/vi; mkdir -p /etc/app")
+    image_id = mc("commit", "-m", "add hello", "changed", "local/changed:v1").stdout.strip()
+    assert image_id.startswith("sha256:")
+    history = mc("history", "local/changed:v1").stdout.splitlines()
+    assert "minicontainer commit changed" in history[1] and history[1].rstrip().endswith("add hello")
+    seen = mc("run", "--rm", "local/changed:v1", "sh", "-c", "cat /hello; ls /bin/vi; test -d /etc/app && echo dir",
+              check=False)
+    assert seen.stdout == "hi\ndir\n" and "No such file" in seen.stderr   # vi stays deleted: a whiteout
+    running = mc("run", "-d", "busybox", "sh", "-c", "echo live > /live; sleep 60").stdout.strip()
+    try:
+        _until(lambda: (find_record(running).dir / "upper" / "live").exists(), "the file to be written")
+        mc("commit", running, "local/live")      # paused meanwhile, then running again
+        assert verbs.ps()[0]["State"] == "running"
+        assert mc("run", "--rm", "local/live", "cat", "/live").stdout == "live\n"
+    finally:
+        mc("rm", "-f", running)
+    mc("rm", "changed")
+    bad = mc("commit", "changed", "Bad:Name", check=False)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr

@@ -417,6 +417,41 @@ def prune() -> list[str]:
     return removed
 
 
+def commit(ref: str, repository: str | None = None, *, message: str = "", pause_while: bool = True) -> str:
+    """commit: the container's changes (its overlay upper dir) become one more layer of a new image.
+
+    A running container is paused meanwhile (docker commit --pause), so the layer is one
+    consistent moment of its files. Returns the new image's id.
+    """
+    import tempfile
+
+    from ..image.assemble import child_image, now_iso, record_image, store_layer_file
+    from ..image.layers import diff_layer
+    from ..image.reference import parse_reference
+    from .images import _resolve, find_image, open_store
+
+    target = str(parse_reference(repository)) if repository else None   # a bad name fails before any work
+    record = find_record(ref)
+    store = open_store()
+    base = _resolve(store, find_image(store, record.image_id), record.image)
+    state = reconcile(record)
+    paused = pause_while and state is not None and state.status == "running"
+    if paused:
+        pause(record.id)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="commit-", suffix=".tar.gz", dir=store.tmp)
+        os.close(fd)
+        layer = diff_layer(record.dir / "upper", tmp)
+    finally:
+        if paused:
+            unpause(record.id)
+    store_layer_file(store, Path(tmp), layer)
+    image = child_image(store, base, layers=[layer], history=[
+        {"created": now_iso(), "created_by": f"minicontainer commit {_name(record)}", "comment": message}])
+    record_image(store, image, target)
+    return image.id
+
+
 def wait(ref: str) -> int:
     """Block until the container exits; its exit code (`docker wait`)."""
     record = find_record(ref)
