@@ -100,6 +100,14 @@ def _add_container_verbs(sub) -> None:
             v.add_argument("-t", "--time", type=float, default=10, help="seconds to wait before SIGKILL")
         v.add_argument("containers", nargs="+")
         v.set_defaults(func=cmd_start if verb == "start" else cmd_restart)
+    b = sub.add_parser("build", help="build an image from a Dockerfile (one step, and layer, per instruction)")
+    b.add_argument("-t", "--tag", default=None, metavar="NAME[:TAG]")
+    b.add_argument("-f", "--file", default=None, metavar="DOCKERFILE", help="default: CONTEXT/Dockerfile")
+    b.add_argument("--build-arg", action="append", default=[], metavar="K=V")
+    b.add_argument("--no-cache", action="store_true", help="run every step again")
+    b.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
+    b.add_argument("context")
+    b.set_defaults(func=cmd_build)
     cm = sub.add_parser("commit", help="make a new image from a container's changes (its upper dir as a layer)")
     cm.add_argument("-m", "--message", default="")
     cm.add_argument("-p", "--pause", default="true", choices=["true", "false"],
@@ -222,6 +230,23 @@ def cmd_create(a: argparse.Namespace) -> int:
 
     opts = RunOptions.parse(a.image, a.cmd, remove=a.rm, **_run_kwargs(a))
     print(create_container(opts).id)
+    return 0
+
+
+def cmd_build(a: argparse.Namespace) -> int:
+    from .engine.build import build
+    from .errors import InvalidArgument
+
+    args = {}
+    for item in a.build_arg:
+        name, eq, value = item.partition("=")
+        if not name:
+            raise InvalidArgument(f"invalid --build-arg {item!r}: use NAME=value")
+        args[name] = value if eq else os.environ.get(name, "")
+    result = build(a.context, dockerfile=a.file, tag=a.tag, build_args=args, no_cache=a.no_cache,
+                   output=(lambda text: None) if a.quiet else None)
+    if a.quiet:
+        print(result.image_id)
     return 0
 
 

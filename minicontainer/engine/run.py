@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import selectors
 import signal
 import sys
@@ -157,7 +158,12 @@ def host_init_binary() -> str:
 
 
 def get_image(store: ImageStore, ref: str) -> Image:
-    """Resolve ``ref`` in the store, building the built-in busybox image on first use."""
+    """Resolve ``ref`` (a name, or an image id as docker accepts it) in the store, building
+    the built-in busybox image on first use."""
+    if re.fullmatch(r"(sha256:)?[0-9a-f]{12,64}", ref):
+        from .images import _resolve, find_image   # image archives and gc: only for this case
+
+        return _resolve(store, find_image(store, ref), ref)
     name = str(parse_reference(ref))
     if name == BUILTIN_REF and not any(r == name for r, _ in store.list_refs()):
         from ..image.builtin import build_builtin_image  # tarfile and gzip: only on first use
@@ -214,12 +220,18 @@ def _merge_env(image_env: list[str], user_env: list[str]) -> list[str]:
     return list(merged.values())
 
 
-def prepare(opts: RunOptions) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
-    """Image → layers → container record → cgroup with limits; rolled back on any failure."""
+def prepare(opts: RunOptions, image: Image | None = None) -> tuple[ContainerRecord, ContainerSpec, Cgroup]:
+    """Image → layers → container record → cgroup with limits; rolled back on any failure.
+
+    ``image``: run this image rather than the one ``opts.image`` names (a build's
+    intermediate image, which has no name).
+    """
     require_root()
     store = ImageStore(engine_root())
-    image = get_image(store, opts.image)
+    image = image or get_image(store, opts.image)
     lowers = store.lower_dirs(image)
+    if not lowers:
+        raise MinicontainerError("the image has no layers, so nothing to run (FROM scratch): COPY files in first")
     record = create_record(name=opts.name, image=str(parse_reference(opts.image)), image_id=image.id,
                            args=opts.args, env=opts.env, cwd=opts.workdir, hostname=opts.hostname,
                            volumes=[f"{v.source}:{v.target}{':ro' if v.readonly else ''}" for v in opts.volumes],
