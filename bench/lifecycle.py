@@ -6,6 +6,7 @@ no docker daemon; the figures are minicontainer's own):
   pause and unpause of a running container, in process                  target <= 20 ms each
   stop of a container that exits on SIGTERM, in process
   run -d (CLI) until the id is printed
+  a cached rebuild of a 10-instruction Dockerfile (CLI)                 target <= 0.3 s
 
 Usage: bench/lifecycle.py [-n RUNS]
 """
@@ -24,6 +25,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 TERM_LOOP = "trap 'exit 0' TERM; while :; do sleep 0.05; done"
+DOCKERFILE = """FROM busybox
+ARG VERSION=1
+ENV APP=/app MODE=bench
+WORKDIR /app
+COPY src/ ./src/
+RUN echo built > built.txt
+RUN ls -R /app > listing.txt
+LABEL org.example.bench=yes
+EXPOSE 8080
+CMD ["cat", "/app/built.txt"]
+"""
 
 
 def timed(fn, n: int) -> list[float]:
@@ -66,6 +78,14 @@ def main() -> None:
         started = []
         results["run -d until the id (CLI)"] = timed(lambda: started.append(subprocess.run(
             cli + ["run", "-d", "busybox", "sleep", "60"], check=True, capture_output=True, text=True).stdout.strip()), n)
+        ctx = tmp / "ctx"
+        (ctx / "src").mkdir(parents=True)
+        (ctx / "src" / "app.txt").write_text("app\n")
+        (ctx / "Dockerfile").write_text(DOCKERFILE)
+        subprocess.run(cli + ["build", "-q", "-t", "bench/app", str(ctx)], check=True, stdout=subprocess.DEVNULL)
+        results["cached rebuild, 10 instructions (CLI)"] = timed(
+            lambda: subprocess.run(cli + ["build", "-q", "-t", "bench/app", str(ctx)], check=True,
+                                   stdout=subprocess.DEVNULL), n)
     finally:
         for record in minicontainer.ps(all=True):
             minicontainer.rm(record["ID"], force=True)
