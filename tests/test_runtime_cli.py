@@ -673,3 +673,29 @@ def test_invalid_values_and_spec_fields_it_cant_honour_are_refused(change, field
     with pytest.raises(InvalidArgument) as info:
         parse_config(config, "/b")
     assert str(info.value).startswith(f"config.json: {field} ")
+
+
+def test_a_create_killed_half_way_is_creating_then_stopped_and_delete_cleans_it_up(work, ours):
+    hook = work / "hook.sh"
+    hook.write_text(f"#!/bin/sh\necho $$ > {work}/hook.pid\nexec sleep 1000\n")
+    hook.chmod(0o755)
+    bundle = _bundle(work / "b", work / "rootfs", ["true"], hooks={"createRuntime": [{"path": str(hook)}]})
+    cid = _id()
+    with open(work / "create.out", "w") as out:
+        create = subprocess.Popen([*OURS, "--root", str(ours.root), "create", "--bundle", str(bundle), cid],
+                                  stdout=out, stderr=out, stdin=subprocess.DEVNULL)
+    try:
+        while not (work / "hook.pid").exists() or not (work / "hook.pid").read_text().strip():
+            assert create.poll() is None, (work / "create.out").read_text()
+        assert ours.status(cid) == "creating"
+        assert ours.error("delete", cid) == (1, f"cannot delete container {cid} that is not stopped: creating")
+        create.kill()
+        create.wait()
+    finally:
+        os.kill(int((work / "hook.pid").read_text()), signal.SIGKILL)
+        if create.poll() is None:
+            create.kill()
+            create.wait()
+    assert ours.status(cid) == "stopped"
+    assert ours("delete", cid)[0] == 0
+    assert ours.error("state", cid) == (1, "container does not exist")

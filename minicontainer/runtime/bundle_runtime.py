@@ -81,6 +81,8 @@ class ContainerRecord:
     cgroup_paths: dict[str, str] = field(default_factory=dict)
     cgroup_parents: list[str] = field(default_factory=list)   # directories we made for linux.cgroupsPath
     hooks: dict[str, list[dict]] = field(default_factory=dict)
+    creator_pid: int = 0                # the `create` process, while the container is "creating"
+    creator_start: int = 0
 
 
 def process_start_time(pid: int) -> int | None:
@@ -115,7 +117,10 @@ class Container:
         return pid > 0 and process_start_time(pid) == self.record.init_start
 
     def status(self) -> str:
-        """created, running or stopped, as the kernel shows it right now."""
+        """creating, created, running or stopped, as the kernel shows it right now."""
+        if not self.record.init_pid:   # a create still at work, or one that died (then: stopped, deletable)
+            alive = process_start_time(self.record.creator_pid) == self.record.creator_start
+            return "creating" if self.record.creator_pid and alive else "stopped"
         if not self.init_alive():
             return "stopped"
         return "created" if os.path.exists(self.fifo) else "running"
@@ -211,9 +216,8 @@ def cgroup_for(config: BundleConfig, container_id: str) -> tuple[Cgroup, list[st
     return open_cgroup(name, paths=paths), parents
 
 
-def set_up_cgroup(config: BundleConfig, container_id: str) -> tuple[Cgroup, list[str]]:
-    """Create the cgroup and write linux.resources into it: limits, then the device allow-list."""
-    cgroup, parents = cgroup_for(config, container_id)
+def set_up_cgroup(config: BundleConfig, cgroup: Cgroup, parents: list[str]) -> None:
+    """Create the cgroup (and the parents cgroupsPath needs) and write linux.resources: limits, then devices."""
     made = []
     try:
         for parent in parents:
@@ -228,7 +232,6 @@ def set_up_cgroup(config: BundleConfig, container_id: str) -> tuple[Cgroup, list
         for parent in reversed(made):
             os.rmdir(parent)
         raise
-    return cgroup, made
 
 
 # ---- hooks --------------------------------------------------------------------------------
@@ -287,10 +290,14 @@ def create(root: str, container_id: str, bundle: str, pid_file: str | None = Non
         config = load_bundle_config(os.getcwd())
         record = ContainerRecord(id=container_id, bundle=config.bundle, rootfs=config.rootfs,
                                  created=rfc3339(time.time_ns()), annotations=config.annotations,
-                                 hooks={k: [asdict(h) for h in v] for k, v in config.hooks.items()})
+                                 hooks={k: [asdict(h) for h in v] for k, v in config.hooks.items()},
+                                 creator_pid=os.getpid(), creator_start=process_start_time(os.getpid()) or 0)
         container = Container(root, record)
-        cgroup, parents = set_up_cgroup(config, container_id)
-        record.cgroup_name, record.cgroup_paths, record.cgroup_parents = cgroup.name, cgroup.paths(), parents
+        planned, parents = cgroup_for(config, container_id)
+        record.cgroup_name, record.cgroup_paths, record.cgroup_parents = planned.name, planned.paths(), parents
+        container.save()   # from here on, a create killed half-way leaves a record `delete` cleans up
+        set_up_cgroup(config, planned, parents)
+        cgroup = planned
         if config.seccomp is not None:
             # compiled here, before fork: after pivot_root the init can't import libseccomp's bindings
             from ..kernel import seccomp
@@ -486,6 +493,8 @@ def start(root: str, container_id: str) -> Container:
         raise RuntimeFailure("cannot start a container that has stopped")
     if status == "running":
         raise RuntimeFailure("cannot start an already running container")
+    if status != "created":
+        raise RuntimeFailure(f"cannot start a container in the {status} state")
     try:
         fd = os.open(container.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -522,7 +531,7 @@ def kill(root: str, container_id: str, sig: str = "SIGTERM", all_processes: bool
     """Send a signal to the container's init (or, with all_processes, to every process in its cgroup)."""
     container = load(root, container_id)
     number = parse_signal(sig)
-    if container.status() == "stopped":
+    if container.status() not in ("created", "running"):
         raise RuntimeFailure("container not running")
     cgroup = container.cgroup()
     targets = cgroup.pids() if all_processes and cgroup is not None else [container.record.init_pid]
@@ -544,8 +553,8 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
             return
         raise
     status = container.status()
-    if status == "running" and not force:
-        raise RuntimeFailure(f"cannot delete container {container_id} that is not stopped: running")
+    if status in ("running", "creating") and not force:
+        raise RuntimeFailure(f"cannot delete container {container_id} that is not stopped: {status}")
     destroy(container)
 
 
