@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which co
 
 __version__ = "0.1.0"
 __all__ = ["run", "plan", "create", "start", "stop", "restart", "kill", "pause", "unpause", "rm", "exec", "ps",
-           "logs", "wait", "inspect", "Sandbox", "images", "pull", "push", "tag", "Trace", "Step", "namespace_ids",
+           "logs", "wait", "inspect", "commit", "build", "history", "Sandbox", "images", "pull", "push", "tag", "Trace", "Step", "namespace_ids",
            "MinicontainerError"]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,6 +33,9 @@ _LAZY = {
     "unpause": ("engine.verbs", "unpause"), "rm": ("engine.verbs", "remove"), "exec": ("engine.verbs", "exec_run"),
     "ps": ("engine.verbs", "ps"), "logs": ("engine.verbs", "logs"), "wait": ("engine.verbs", "wait"),
     "inspect": ("engine.containers", "inspect_container"),
+    "commit": ("engine.verbs", "commit"),
+    # images from a Dockerfile: build(context, tag=...), and the steps that made an image
+    "build": ("engine.build", "build"), "history": ("engine.images", "image_history"),
     "Trace": ("trace", "Trace"), "Step": ("trace", "Step"),
     "namespace_ids": ("kernel.namespaces", "namespace_ids"),
     "MinicontainerError": ("errors", "MinicontainerError"),
