@@ -333,7 +333,7 @@ VIEW = ("hostname; id; grep -E '^(Cap|NoNewPrivs)' /proc/self/status; ulimit -n;
         "cat /sys/fs/cgroup/devices/devices.list; cat /sys/fs/cgroup/memory/memory.limit_in_bytes; "
         "cat /sys/fs/cgroup/pids/pids.max; cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us; "
         "cat /proc/sys/net/ipv4/ip_forward; wc -c < /proc/keys; echo x > /proc/sys/kernel/domainname; "
-        "touch /x; ls /proc/1/ns/ | wc -l; echo done")
+        "touch /x; ls /proc/1/ns/ | wc -l; env | sort; grep -E '^Sig(Ign|Blk)' /proc/self/status; echo done")
 
 
 @needs_runc

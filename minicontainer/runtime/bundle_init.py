@@ -14,10 +14,12 @@ blocks on the fifo.
 """
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
 import resource
+import signal
 import stat
 
 from ..errors import MinicontainerError
@@ -285,7 +287,7 @@ def set_domainname(name: str) -> Step:
     def do() -> None:
         raw = name.encode()
         if sc.libc.setdomainname(raw, len(raw)) != 0:
-            raise OSError(os.strerror(__import__("ctypes").get_errno()))
+            raise OSError(os.strerror(ctypes.get_errno()))
 
     step.do(do)
     return step
@@ -476,8 +478,25 @@ def wait_for_start(fifo_fd: int) -> None:
     os.close(fifo_fd)
 
 
-def exec_process(path: str, config: BundleConfig) -> None:
+def home_of(uid: int) -> str:
+    """The user's home directory from the container's /etc/passwd, else "/" (what runc puts in HOME)."""
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) >= 6 and fields[2] == str(uid):
+                    return fields[5] or "/"
+    except OSError:
+        pass
+    return "/"
+
+
+def exec_process(path: str, config: BundleConfig, home: str) -> None:
     """execve(2) the container's command; every fd but stdio is closed on exec (no host fd leaks in)."""
     sc.close_range_cloexec(3)
     env = dict(item.split("=", 1) if "=" in item else (item, "") for item in config.env)
+    env.setdefault("HOME", home)
+    # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across execve
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     os.execve(path, config.args, env)

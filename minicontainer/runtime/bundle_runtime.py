@@ -444,6 +444,7 @@ def _init(config: BundleConfig, channel: bundle_init.Channel, fifo_fd: int) -> N
             os._exit(1)
         bundle_init.enter_root(config)
         path = bundle_init.lookup_executable(config)
+        home = bundle_init.home_of(config.uid)   # read while /etc/passwd is still readable as root
         bundle_init.restrict_process(config)
         channel.send({"ready": True})
         os.close(channel.fd)
@@ -452,7 +453,7 @@ def _init(config: BundleConfig, channel: bundle_init.Channel, fifo_fd: int) -> N
         os._exit(1)
     try:
         bundle_init.wait_for_start(fifo_fd)
-        bundle_init.exec_process(path, config)
+        bundle_init.exec_process(path, config, home)
     except OSError as exc:
         os.write(2, f"exec {json.dumps(config.args[0])}: {exc.strerror.lower()}\n".encode())
         os._exit(127 if exc.errno == errno.ENOENT else 126)
