@@ -201,6 +201,7 @@ def test_a_created_container_can_be_killed_or_deleted_before_it_starts(work, our
 @needs_runc
 def test_bad_ids_signals_and_unknown_containers_fail_as_in_runc(work, ours, runc):
     bundle = _bundle(work / "b", work / "rootfs", ["sleep", "1000"])
+    _bundle(work / "no-rootfs", work / "nothing-here", ["true"])
     seen = {}
     for rt in (ours, runc):
         cid = _id()
@@ -211,7 +212,8 @@ def test_bad_ids_signals_and_unknown_containers_fail_as_in_runc(work, ours, runc
                              rt("kill", cid, "0")[0], rt("kill", cid, "sigcont")[0],
                              rt.error("start", "nope"), rt.error("kill", "nope"), rt.error("delete", "nope"),
                              rt("delete", "--force", "nope")[0], rt.error("state", "nope"),
-                             rt.error("create", "--bundle", str(work / "missing"), _id())]
+                             rt.error("create", "--bundle", str(work / "missing"), _id()),
+                             rt.error("create", "--bundle", str(work / "no-rootfs"), _id())]
         finally:
             rt.cleanup(cid)
     assert seen["ours"] == seen["runc"]

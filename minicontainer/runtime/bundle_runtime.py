@@ -288,6 +288,8 @@ def create(root: str, container_id: str, bundle: str, pid_file: str | None = Non
         except OSError as exc:
             raise RuntimeFailure(f"chdir {bundle}: {exc.strerror.lower()}") from None
         config = load_bundle_config(os.getcwd())
+        if not os.path.isdir(config.rootfs):   # runc's words
+            raise RuntimeFailure(f"invalid rootfs: stat {config.rootfs}: no such file or directory")
         record = ContainerRecord(id=container_id, bundle=config.bundle, rootfs=config.rootfs,
                                  created=rfc3339(time.time_ns()), annotations=config.annotations,
                                  hooks={k: [asdict(h) for h in v] for k, v in config.hooks.items()},
@@ -507,8 +509,9 @@ def start(root: str, container_id: str) -> Container:
         while not poller.poll(100):
             if not container.init_alive():
                 raise RuntimeFailure("cannot start a container that has stopped")
-        if os.read(fd, 1) != b"0":
-            raise RuntimeFailure("cannot start a container that has stopped")
+        if os.read(fd, 1) != b"0":   # another start got there first, or the init died
+            raise RuntimeFailure("cannot start an already running container" if container.init_alive()
+                                 else "cannot start a container that has stopped")
     finally:
         os.close(fd)
     os.unlink(container.fifo)
