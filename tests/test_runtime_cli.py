@@ -701,3 +701,9 @@ def test_a_create_killed_half_way_is_creating_then_stopped_and_delete_cleans_it_
     assert ours.status(cid) == "stopped"
     assert ours("delete", cid)[0] == 0
     assert ours.error("state", cid) == (1, "container does not exist")
+
+
+def test_the_state_says_the_runtime_spec_version_the_bundles_are_written_in():
+    from minicontainer.runtime import bundle_runtime, oci
+
+    assert bundle_runtime.OCI_VERSION == oci.OCI_VERSION

@@ -23,25 +23,30 @@ import re
 import select
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 
 from ..atomic import write_atomic, write_json_atomic
 from ..errors import MinicontainerError
-from ..kernel import cgroups, namespaces, syscalls
-from ..kernel.cgroups import Cgroup, Limits, open_cgroup
-from . import bundle_init
-from .bundle_config import BundleConfig, Hook, load_bundle_config
-from .oci import OCI_VERSION
+
+# The kernel's and config.json's modules are imported by the verbs that need them: `state`,
+# `list` and `start` then start in half the time.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (CLI start-up time)
+if TYPE_CHECKING:
+    from ..kernel.cgroups import Cgroup
+    from . import bundle_init
+    from .bundle_config import BundleConfig, Hook
+
+# The runtime spec version whose state JSON `state` prints (oci.OCI_VERSION; a test keeps them
+# equal). Not imported: `state`, `kill` and `list` start faster without config.json's modules,
+# which create and run import when they need them.
+OCI_VERSION = "1.2.0"
 
 ID_PATTERN = re.compile(r"^[\w+\-.]+$")   # runc's container id rule
 FIFO = "exec.fifo"
 STATE = "state.json"
 PR_SET_CHILD_SUBREAPER = 36
-NAMESPACE_FLAGS = {"user": syscalls.CLONE_NEWUSER, **{k: v[0] for k, v in namespaces.NAMESPACES.items()}}
 # signals a Python init would otherwise ignore as PID 1: while blocked before execve it
 # must die of them as runc's init does (execve resets the handlers for the command)
 INIT_EXIT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2,
@@ -139,6 +144,8 @@ class Container:
     def cgroup(self) -> Cgroup | None:
         if not self.record.cgroup_paths:
             return None
+        from ..kernel.cgroups import open_cgroup
+
         return open_cgroup(self.record.cgroup_name, paths=self.record.cgroup_paths)
 
     def save(self) -> None:
@@ -194,7 +201,9 @@ def cgroup_for(config: BundleConfig, container_id: str) -> tuple[Cgroup, list[st
     runtime's own cgroup, as runc's cgroupfs driver does.
     """
     name = cgroup_name(container_id)
-    default = open_cgroup(name)
+    from ..kernel import cgroups
+
+    default = cgroups.open_cgroup(name)
     path = config.cgroups_path
     if not path:
         return default, []
@@ -213,18 +222,20 @@ def cgroup_for(config: BundleConfig, container_id: str) -> tuple[Cgroup, list[st
             missing.append(parent)
             parent = os.path.dirname(parent)
         parents += reversed(missing)
-    return open_cgroup(name, paths=paths), parents
+    return cgroups.open_cgroup(name, paths=paths), parents
 
 
 def set_up_cgroup(config: BundleConfig, cgroup: Cgroup, parents: list[str]) -> None:
     """Create the cgroup (and the parents cgroupsPath needs) and write linux.resources: limits, then devices."""
+    from ..kernel import cgroups
+
     made = []
     try:
         for parent in parents:
             os.mkdir(parent)
             made.append(parent)
         cgroup.create()
-        cgroup.set_limits(Limits(memory=config.memory, cpus=config.cpus, pids=config.pids))
+        cgroup.set_limits(cgroups.Limits(memory=config.memory, cpus=config.cpus, pids=config.pids))
         if config.devices is not None:
             cgroup.allow_devices(config.devices)
     except BaseException:
@@ -252,6 +263,7 @@ def run_hooks(kind: str, hooks: list[Hook], state: dict, *, warn_only: bool = Fa
 
 def _run_hook(kind: str, i: int, hook: Hook, state: dict) -> None:
     """One hook: its path, args and env from config.json; the state JSON on stdin; killed after its timeout."""
+    import subprocess
     env = dict(item.split("=", 1) if "=" in item else (item, "") for item in hook.env)
     try:
         done = subprocess.run(hook.args, executable=hook.path, input=json.dumps(state).encode(), env=env,
@@ -267,6 +279,8 @@ def _run_hook(kind: str, i: int, hook: Hook, state: dict) -> None:
 
 
 def hooks_of(record: ContainerRecord, kind: str) -> list[Hook]:
+    from .bundle_config import Hook
+
     return [Hook(**h) for h in record.hooks.get(kind, [])]
 
 
@@ -287,6 +301,8 @@ def create(root: str, container_id: str, bundle: str, pid_file: str | None = Non
             os.chdir(bundle)   # runc resolves the bundle from inside it, with its wording
         except OSError as exc:
             raise RuntimeFailure(f"chdir {bundle}: {exc.strerror.lower()}") from None
+        from .bundle_config import load_bundle_config
+
         config = load_bundle_config(os.getcwd())
         if not os.path.isdir(config.rootfs):   # runc's words
             raise RuntimeFailure(f"invalid rootfs: stat {config.rootfs}: no such file or directory")
@@ -326,6 +342,9 @@ def create(root: str, container_id: str, bundle: str, pid_file: str | None = Non
 
 def launch(config: BundleConfig, container: Container, cgroup: Cgroup) -> int:
     """Fork the namespaces' child and the container's init; walk the init through its setup."""
+    import socket
+
+    from . import bundle_init   # imported before fork: after pivot_root nothing can be imported
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     # opened here, as runc does: the init may run as a user who can't reach the state directory,
     # and after pivot_root it can't see it at all; O_PATH doesn't block, nor does it open the fifo
@@ -392,6 +411,10 @@ def write_id_maps(pid: int, config: BundleConfig) -> None:
 
 def _namespace_child(config: BundleConfig, fd: int, fifo_fd: int) -> None:
     """Join the namespaces config.json names by path, create the rest, fork the init. Never returns."""
+    from ..kernel import namespaces, syscalls
+    from . import bundle_init
+
+    flags = {"user": syscalls.CLONE_NEWUSER, **{k: v[0] for k, v in namespaces.NAMESPACES.items()}}
     channel = bundle_init.Channel(fd)
     try:
         kinds = config.namespaces
@@ -400,7 +423,7 @@ def _namespace_child(config: BundleConfig, fd: int, fifo_fd: int) -> None:
             if kinds.get(kind):
                 ns = os.open(kinds[kind], os.O_RDONLY | os.O_CLOEXEC)
                 try:   # naming the type makes the kernel refuse a path to another kind of namespace
-                    syscalls.setns(ns, NAMESPACE_FLAGS[kind])
+                    syscalls.setns(ns, flags[kind])
                 except MinicontainerError:
                     raise RuntimeFailure(f"setns {kinds[kind]}: invalid argument: is it a {kind} namespace?") \
                         from None
@@ -431,6 +454,9 @@ def _exit_on_signal(sig: int, _frame) -> None:
 
 def _init(config: BundleConfig, channel: bundle_init.Channel, fifo_fd: int) -> None:
     """The container's init: set up, report ready, block on exec.fifo, execve. Never returns."""
+    from ..kernel import namespaces
+    from . import bundle_init
+
     try:
         for sig in INIT_EXIT_SIGNALS:
             signal.signal(sig, _exit_on_signal)
@@ -599,7 +625,9 @@ def run(root: str, container_id: str, bundle: str, pid_file: str | None = None, 
     """create + start; without detach, wait for the command and return its exit code, then delete."""
     if not detach:
         # the init's parent exits during create; as a subreaper we inherit it and can wait for it
-        syscalls.libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+        from ..kernel.syscalls import libc
+
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     container = create(root, container_id, bundle, pid_file)
     pid = container.record.init_pid
     forward = lambda sig, _frame: _signal(pid, sig)  # noqa: E731
