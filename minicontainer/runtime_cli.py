@@ -51,6 +51,8 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     p.add_argument("--log", default=None, help="append errors and warnings to this file instead of stderr")
     p.add_argument("--log-format", default="text", choices=["text", "json"])
     p.add_argument("--debug", action="store_true", help="accepted for runc compatibility (no debug output yet)")
+    p.add_argument("--trace", action="store_true",
+                   help="print every kernel step (mounts, cgroup writes, pivot_root …) to stderr at the end")
     p.add_argument("--systemd-cgroup", action="store_true", help="refused: only cgroupfs paths are supported")
     sub = p.add_subparsers(dest="verb", metavar="COMMAND", parser_class=_Parser)
 
@@ -174,7 +176,15 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         parser.print_help()
         return 1
     try:
-        return run_verb(a)
+        if not a.trace:
+            return run_verb(a)
+        from . import trace
+
+        with trace.recording() as steps:
+            try:
+                return run_verb(a)
+            finally:
+                print(steps.text(), file=sys.stderr)
     except MinicontainerError as exc:
         sys.stdout.flush()
         log("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)

@@ -707,3 +707,15 @@ def test_the_state_says_the_runtime_spec_version_the_bundles_are_written_in():
     from minicontainer.runtime import bundle_runtime, oci
 
     assert bundle_runtime.OCI_VERSION == oci.OCI_VERSION
+
+
+def test_trace_shows_every_kernel_step_from_the_cgroup_to_the_fifo(work, ours):
+    bundle = _bundle(work / "b", work / "rootfs", ["true"])
+    rc, _, err = ours("run", "--bundle", str(bundle), _id(), extra=("--trace",))
+    assert rc == 0, err
+    names = [line.split()[2] for line in err.splitlines() if re.match(r"^ *\d+ ✓ ", line)]
+    for name in ("cgroup_create", "cgroup_devices", "unshare", "cgroup_attach", "bind_rootfs", "mount_proc",
+                 "populate_dev", "pivot_root", "sethostname", "readonly_paths", "mask_paths",
+                 "set_user_and_capabilities", "no_new_privs", "start", "cgroup_remove"):
+        assert name in names, name
+    assert names.index("pivot_root") < names.index("set_user_and_capabilities") < names.index("start")

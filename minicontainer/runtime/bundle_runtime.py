@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+from .. import trace
 from ..atomic import write_atomic, write_json_atomic
 from ..errors import MinicontainerError
 
@@ -393,7 +394,13 @@ def launch(config: BundleConfig, container: Container, cgroup: Cgroup) -> int:
 
 
 def _expect(channel: bundle_init.Channel, pid: int) -> dict:
+    """The children's next message; the Steps they took on the way go into the active trace (--trace)."""
     message = channel.receive()
+    while message is not None and "step" in message:
+        active = trace.active()
+        if active is not None:
+            active.add(trace.Step.from_dict(message["step"]))
+        message = channel.receive()
     if message is None:
         raise RuntimeFailure("unable to start container process: the container's init exited during setup")
     if "error" in message:
@@ -416,6 +423,7 @@ def _namespace_child(config: BundleConfig, fd: int, fifo_fd: int) -> None:
 
     flags = {"user": syscalls.CLONE_NEWUSER, **{k: v[0] for k, v in namespaces.NAMESPACES.items()}}
     channel = bundle_init.Channel(fd)
+    _send_steps(channel)
     try:
         kinds = config.namespaces
         # the user namespace first: the others are then joined or created as its members
@@ -448,6 +456,12 @@ def _namespace_child(config: BundleConfig, fd: int, fifo_fd: int) -> None:
         os._exit(1)
 
 
+def _send_steps(channel: bundle_init.Channel) -> None:
+    """In a child: if the runtime records a trace, send each Step there as it is taken."""
+    if trace.active() is not None:
+        trace._active = trace.Trace(sink=lambda step: channel.send({"step": step.to_dict()}))
+
+
 def _exit_on_signal(sig: int, _frame) -> None:
     os._exit(128 + sig)
 
@@ -458,6 +472,7 @@ def _init(config: BundleConfig, channel: bundle_init.Channel, fifo_fd: int) -> N
     from . import bundle_init
 
     try:
+        _send_steps(channel)
         for sig in INIT_EXIT_SIGNALS:
             signal.signal(sig, _exit_on_signal)
         go = channel.receive()
@@ -524,6 +539,16 @@ def start(root: str, container_id: str) -> Container:
         raise RuntimeFailure("cannot start an already running container")
     if status != "created":
         raise RuntimeFailure(f"cannot start a container in the {status} state")
+    step = trace.Step("start", call=f"open({container.fifo}, O_RDONLY); read() -> \"0\"; unlink",
+                      shell=f"cat {container.fifo} && rm {container.fifo}",
+                      why="the init is blocked opening exec.fifo for writing: a reader lets it go on to execve")
+    step.do(_release_init, container)
+    run_hooks("poststart", hooks_of(container.record, "poststart"), container.state("running"), warn_only=True)
+    return container
+
+
+def _release_init(container: Container) -> None:
+    """Open exec.fifo for reading and take the init's "0": its blocked open returns and it execs."""
     try:
         fd = os.open(container.fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -541,8 +566,6 @@ def start(root: str, container_id: str) -> Container:
     finally:
         os.close(fd)
     os.unlink(container.fifo)
-    run_hooks("poststart", hooks_of(container.record, "poststart"), container.state("running"), warn_only=True)
-    return container
 
 
 def parse_signal(text: str) -> int:
