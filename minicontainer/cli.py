@@ -52,6 +52,7 @@ def _add_container_options(r) -> None:
     r.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     r.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]")
     r.add_argument("-w", "--workdir", default="")
+    r.add_argument("-u", "--user", default="", metavar="USER[:GROUP]", help="run as this user (name or uid) of the image")
     r.add_argument("-m", "--memory", default=None, help="memory limit, e.g. 64m")
     r.add_argument("--cpus", default=None, help="CPU quota in cores, e.g. 0.5")
     r.add_argument("--pids-limit", type=int, default=None)
@@ -134,6 +135,7 @@ def _add_container_verbs(sub) -> None:
     ex = sub.add_parser("exec", help="run a command in a running container (its namespaces, cgroup and profile)")
     ex.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     ex.add_argument("-w", "--workdir", default="")
+    ex.add_argument("-u", "--user", default="", metavar="USER[:GROUP]")
     ex.add_argument("container")
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_exec)
@@ -310,7 +312,7 @@ def cmd_exec(a: argparse.Namespace) -> int:
         if "=" not in item or item.startswith("="):
             raise InvalidArgument(f"invalid environment variable {item!r}: use -e NAME=value")
     try:
-        proc = exec_(a.container, a.cmd, env=a.env, workdir=a.workdir)
+        proc = exec_(a.container, a.cmd, env=a.env, workdir=a.workdir, user=a.user)
     except StateError as exc:   # docker exec: the daemon's refusal exits 1
         print(f"minicontainer: {exc}", file=sys.stderr)
         return 1
@@ -449,7 +451,8 @@ def cmd_registry_htpasswd(a: argparse.Namespace) -> int:
 def _run_kwargs(a: argparse.Namespace) -> dict:
     return dict(name=a.name, hostname=a.hostname, env=a.env, volumes=a.volume, workdir=a.workdir,
                 memory=a.memory, cpus=a.cpus, pids_limit=a.pids_limit, readonly=a.read_only, init=a.init,
-                privileged=a.privileged, cap_add=a.cap_add, cap_drop=a.cap_drop, security_opt=a.security_opt)
+                privileged=a.privileged, cap_add=a.cap_add, cap_drop=a.cap_drop, security_opt=a.security_opt,
+                user=a.user)
 
 
 def cmd_run(a: argparse.Namespace) -> int:

@@ -166,7 +166,6 @@ def test_copy_chown_add_archive_and_parent_directories_keep_their_metadata(tmp_p
     ("FROM busybox\nCOPY missing.txt /x\n", "COPY source 'missing.txt' not found"),
     ("FROM busybox\nADD https://example.com/x /x\n", "ADD from a URL is not supported"),
     ("FROM no-such-image:1\n", "FROM no-such-image:1: no such image here"),
-    ("FROM busybox\nUSER 1000\nRUN true\n", "RUN as USER 1000"),
 ])
 def test_bad_steps_are_refused_with_the_line(tmp_path, dockerfile, message):
     ctx = _context(tmp_path, dockerfile)
@@ -195,3 +194,9 @@ def test_the_cli_builds_and_history_shows_each_instruction(tmp_path):
     assert "echo hi > /hi" in history and "ENV A=1" in history
     bad = subprocess.run(CLI + ["build", str(tmp_path / "nope")], capture_output=True, text=True)
     assert bad.returncode == 125 and "is not a directory" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_run_steps_after_user_run_as_that_user(tmp_path):
+    ctx = _context(tmp_path, "FROM busybox\nUSER nobody\nRUN id -u > /tmp/who\nUSER root\nCMD [\"cat\", \"/tmp/who\"]\n")
+    build(ctx, tag="course/user", output=_quiet)
+    assert minicontainer.run("course/user").stdout == "65534\n"

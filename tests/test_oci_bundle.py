@@ -38,7 +38,7 @@ def test_a_spec_survives_the_trip_through_config_json():
 
 @pytest.mark.parametrize("change, field", [
     (lambda c: c["process"].update(terminal=True), "process.terminal"),
-    (lambda c: c["process"].update(user={"uid": 1000, "gid": 1000}), "process.user"),
+    (lambda c: c["process"].update(user={"uid": 1000, "gid": 1000, "umask": 18}), "process.user"),
     (lambda c: c["linux"]["namespaces"].append({"type": "user"}), "linux.namespaces"),
     (lambda c: c["linux"]["namespaces"][0].update(path="/proc/1/ns/pid"), "linux.namespaces"),
     (lambda c: c["linux"]["seccomp"].update(defaultAction="SCMP_ACT_NOTIFY"), "linux.seccomp"),

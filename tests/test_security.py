@@ -231,3 +231,16 @@ def test_a_command_the_kernel_cant_run_is_explained_before_the_last_execve(tmp_p
     with pytest.raises(ContainerStartError, match=message) as info:
         minicontainer.run("busybox", ["/x/prog"], volumes=[f"{tmp_path}:/x:ro"])
     assert info.value.exit_code == 126
+
+
+def test_a_non_root_user_starts_with_no_capabilities_and_the_same_bounding_set():
+    result = minicontainer.run("busybox", "id -u; grep -E '^(CapPrm|CapEff|CapBnd):' /proc/self/status; "
+                                          "touch /bin/x; echo touch=$?", user="nobody")
+    lines = result.stdout.split()
+    assert lines[0] == "65534"
+    assert lines[1:7] == ["CapPrm:", "0000000000000000", "CapEff:", "0000000000000000", "CapBnd:", lines[6]]
+    assert capability_names(int(lines[6], 16)) == sorted(DEFAULT_CAPABILITIES, key=CAPABILITIES.index)
+    assert "touch=1" in result.stdout   # root's files are out of reach without CAP_DAC_OVERRIDE
+    assert minicontainer.run("busybox", "id", user="1234:55").stdout.startswith("uid=1234 gid=55")
+    with pytest.raises(MinicontainerError, match="unable to find user ghost"):
+        minicontainer.run("busybox", "id", user="ghost")

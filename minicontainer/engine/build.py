@@ -264,14 +264,10 @@ def run_step(store: ImageStore, stage: Stage, ins: df.Instruction, args: list[st
     from .containers import remove_record
     from .run import RunOptions, _start, finish, prepare
 
-    user = (stage.config.get("User") or "").split(":")[0]
-    if user not in ("", "root", "0"):
-        raise df.DockerfileError(f"Dockerfile:{ins.line}: RUN as USER {user}: minicontainer runs build steps as "
-                                 "root only so far; move the USER instruction after the RUN steps")
     env = _env_list(stage.config) + [f"{k}={v}" for k, v in stage.args.items()
                                       if not any(e.startswith(k + "=") for e in _env_list(stage.config))]
     workdir = stage.config.get("WorkingDir") or "/"
-    opts = RunOptions.parse(stage.base_ref, args, env=env, workdir=workdir)
+    opts = RunOptions.parse(stage.base_ref, args, env=env, workdir=workdir, user=stage.config.get("User") or "")
     record, spec, cgroup = prepare(opts, image=stage.image)
     try:
         (record.dir / "upper" / workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)   # WORKDIR exists, as Docker's

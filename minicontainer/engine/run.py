@@ -57,6 +57,7 @@ class RunOptions:
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
     no_new_privileges: bool = True
     seccomp_profile: dict | None = field(default_factory=default_profile)   # Docker's format; None: unconfined
+    user: str = ""            # -u: NAME, UID, NAME:GROUP or UID:GID, looked up in the image's /etc/passwd
 
     @classmethod
     def parse(cls, image: str, args: list[str] | str | None = None, *, name: str = "", hostname: str = "",
@@ -64,7 +65,8 @@ class RunOptions:
               memory: str | int | None = None, cpus: str | float | None = None,
               pids_limit: int | None = None, readonly: bool = False, remove: bool = False,
               init: bool = False, privileged: bool = False, cap_add: list[str] | None = None,
-              cap_drop: list[str] | None = None, security_opt: list[str] | None = None) -> "RunOptions":
+              cap_drop: list[str] | None = None, security_opt: list[str] | None = None,
+              user: str = "") -> "RunOptions":
         """Validate user input before anything is created."""
         if isinstance(args, str):
             args = ["sh", "-c", args]
@@ -88,7 +90,7 @@ class RunOptions:
                    cpus=parse_cpus(cpus) if cpus is not None else None,
                    pids_limit=int(pids_limit) if pids_limit is not None else None,
                    readonly=readonly, remove=remove, init=bool(init), privileged=bool(privileged),
-                   capabilities=capabilities, no_new_privileges=no_new_privileges,
+                   capabilities=capabilities, no_new_privileges=no_new_privileges, user=user or "",
                    # --privileged runs unconfined, unless a profile was asked for by name: never ignore one
                    seccomp_profile=seccomp_profile if not privileged or any(
                        o.startswith(("seccomp=", "seccomp:")) for o in security_opt or []) else None)
@@ -209,9 +211,47 @@ def spec_for(record: ContainerRecord, image: Image, lowers: list[str], opts: Run
                          capabilities=opts.capabilities, no_new_privileges=opts.no_new_privileges,
                          seccomp=None if opts.seccomp_profile is None
                          else profile_to_oci(opts.seccomp_profile, opts.capabilities))
+    spec.user = resolve_user(opts.user or cfg.get("User") or "", lowers)
     if opts.privileged:   # as Docker's --privileged: nothing of the kernel is hidden or protected
         spec.masked_paths, spec.readonly_paths, spec.sys_readonly = (), (), False
     return spec
+
+
+def _image_file(lowers: list[str], rel: str) -> list[list[str]]:
+    """The colon-separated lines of an /etc file as the image has it (its topmost layer that has it)."""
+    for lower in lowers:   # top layer first
+        path = os.path.join(lower, rel)
+        if os.path.lexists(path):
+            try:
+                with open(path) as f:
+                    return [line.rstrip("\n").split(":") for line in f if line.strip() and not line.startswith("#")]
+            except OSError:
+                return []
+    return []
+
+
+def resolve_user(user: str, lowers: list[str]) -> tuple[int, int, tuple[int, ...]]:
+    """-u NAME[:GROUP] or UID[:GID] as numbers, from the image's /etc/passwd and /etc/group (as Docker does)."""
+    if not user:
+        return (0, 0, ())
+    name, _, group = user.partition(":")
+    passwd = _image_file(lowers, "etc/passwd")
+    entry = next((e for e in passwd if len(e) > 3 and (e[0] == name or (name.isdigit() and e[2] == name))), None)
+    if entry is None and not name.isdigit():
+        raise MinicontainerError(f"unable to find user {name}: no matching entries in the image's /etc/passwd: "
+                                 "give a number (-u 1000) or add the user in the image")
+    uid = int(name) if name.isdigit() else int(entry[2])
+    gid = int(entry[3]) if entry is not None else 0
+    groups = _image_file(lowers, "etc/group")
+    if group:
+        match = next((g for g in groups if len(g) > 2 and (g[0] == group or (group.isdigit() and g[2] == group))), None)
+        if match is None and not group.isdigit():
+            raise MinicontainerError(f"unable to find group {group}: no matching entries in the image's /etc/group")
+        gid = int(group) if group.isdigit() else int(match[2])
+    member = entry[0] if entry is not None else None
+    supplementary = tuple(sorted({int(g[2]) for g in groups if len(g) > 3 and member and member in g[3].split(",")}
+                                 - {gid}))
+    return (uid, gid, supplementary)
 
 
 def _merge_env(image_env: list[str], user_env: list[str]) -> list[str]:

@@ -287,7 +287,7 @@ def remove(ref: str, force: bool = False) -> str:
     return record.id
 
 
-def exec_(ref: str, args: list[str], *, env: list[str] | None = None, workdir: str = "",
+def exec_(ref: str, args: list[str], *, env: list[str] | None = None, workdir: str = "", user: str = "",
           stdio: tuple[int, int, int] = (0, 1, 2), close_in_child: tuple[int, ...] = ()):
     """Start ``args`` in the running container: its namespaces, cgroup and security profile.
 
@@ -298,12 +298,12 @@ def exec_(ref: str, args: list[str], *, env: list[str] | None = None, workdir: s
 
     from ..runtime.nsenter import exec_in_container
     from ..runtime.oci import read_bundle
-    from .run import _merge_env
+    from .run import _merge_env, resolve_user
 
     record, state = _live(ref, "exec")
     spec = read_bundle(record.dir / "bundle", record.id)
     spec = dataclasses.replace(spec, args=list(args), env=_merge_env(spec.env, list(env or [])),
-                               cwd=workdir or spec.cwd)
+                               cwd=workdir or spec.cwd, user=resolve_user(user, spec.lowers) if user else spec.user)
     return exec_in_container(state.pid, spec, stdio, close_in_child)
 
 
@@ -328,7 +328,7 @@ def restart(ref: str, timeout: float = 10) -> ContainerRecord:
     return start(record.id)
 
 
-def exec_run(ref: str, cmd: list[str] | str, *, env: list[str] | None = None, workdir: str = ""):
+def exec_run(ref: str, cmd: list[str] | str, *, env: list[str] | None = None, workdir: str = "", user: str = ""):
     """exec, for Python: run ``cmd`` in the container to completion; a RunResult with its output and steps."""
     from .. import trace
     from .run import RunResult, _capture
@@ -339,7 +339,8 @@ def exec_run(ref: str, cmd: list[str] | str, *, env: list[str] | None = None, wo
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            proc = exec_(ref, args, env=env, workdir=workdir, stdio=(null, out_w, err_w), close_in_child=(out_r, err_r))
+            proc = exec_(ref, args, env=env, workdir=workdir, user=user, stdio=(null, out_w, err_w),
+                         close_in_child=(out_r, err_r))
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)

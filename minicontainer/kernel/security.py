@@ -8,6 +8,8 @@ that no later execve, setuid binary or file capability can give the rest back.
 """
 from __future__ import annotations
 
+import os
+
 from ..errors import InvalidArgument
 from ..kernel import syscalls
 from ..trace import Step
@@ -88,7 +90,8 @@ def _status_lines(*keys: str) -> dict[str, str]:
         return {k: v.strip() for k, v in (line.split(":", 1) for line in f) if k in keys}
 
 
-def drop_capabilities(keep: tuple[str, ...] | list[str] = DEFAULT_CAPABILITIES) -> Step:
+def drop_capabilities(keep: tuple[str, ...] | list[str] = DEFAULT_CAPABILITIES,
+                      user: tuple[int, int, tuple[int, ...]] | None = None) -> Step:
     """Keep only ``keep``: drop the rest from the bounding set, then capset and clear ambient.
 
     Nobody can gain a capability it doesn't have, so ``keep`` is cut to what this process
@@ -105,19 +108,35 @@ def drop_capabilities(keep: tuple[str, ...] | list[str] = DEFAULT_CAPABILITIES) 
                     "no raw disk or kernel-log access")
 
     def drop() -> str:
-        restrict(keep_mask, no_new_privs=False)
+        restrict(keep_mask, no_new_privs=False, user=user)
         return f"kept {len(keep)}: {', '.join(c[4:].lower() for c in keep)}"
 
-    step.do(drop, evidence=lambda: _status_lines("CapBnd", "CapEff"))
+    step.do(drop, evidence=lambda: _status_lines("CapBnd", "CapEff", "Uid", "Gid", "Groups"))
+    if user is not None:
+        step.call += f"; setgroups({list(user[2])}), setresgid({user[1]}), setresuid({user[0]})"
+        step.why += f"; then it becomes uid {user[0]}, and a non-root program starts with no capabilities"
     return step
 
 
-def restrict(keep_mask: int, *, no_new_privs: bool) -> None:
+def restrict(keep_mask: int, *, no_new_privs: bool, user: tuple[int, int, tuple[int, ...]] | None = None) -> None:
     """The syscalls of drop_capabilities (and no_new_privs), with no Step: for a forked child
-    just before it execs, where a Step would have nowhere to go."""
+    just before it execs, where a Step would have nowhere to go.
+
+    With ``user`` (uid, gid, supplementary gids), switch to it in runc's order: the bounding
+    set first, then setgroups/setresgid/setresuid while PR_SET_KEEPCAPS keeps the
+    permitted set (setuid away from root would empty it), then capset. The execve that
+    follows gives a non-root program no capabilities, as in Docker.
+    """
     for cap in range(last_capability() + 1):
         if not keep_mask >> cap & 1:
             syscalls.drop_from_bounding_set(cap)
+    if user is not None and (user[0], user[1], tuple(user[2])) != (0, 0, ()):
+        uid, gid, groups = user
+        syscalls.set_keep_capabilities(True)
+        os.setgroups(list(groups))
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        syscalls.set_keep_capabilities(False)
     syscalls.capset(keep_mask, keep_mask, keep_mask)
     syscalls.clear_ambient_capabilities()
     if no_new_privs:

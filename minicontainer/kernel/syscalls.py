@@ -41,6 +41,7 @@ _SYS = {"x86_64": {"pivot_root": 155, "close_range": 436, "capset": 126},
         "aarch64": {"pivot_root": 41, "close_range": 436, "capset": 91}}[os.uname().machine]
 CLOSE_RANGE_CLOEXEC = 1 << 2
 PR_SET_PDEATHSIG = 1
+PR_SET_KEEPCAPS = 8
 PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
@@ -174,6 +175,12 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].permitted = (permitted >> (32 * i)) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> (32 * i)) & 0xFFFFFFFF
     _check(0 if libc.syscall(_SYS["capset"], ctypes.byref(header), data) == 0 else -1, "capset")
+
+
+def set_keep_capabilities(keep: bool) -> None:
+    """prctl(PR_SET_KEEPCAPS): keep the permitted capabilities across a setuid away from root
+    (which otherwise empties them); cleared again on execve."""
+    _check(libc.prctl(PR_SET_KEEPCAPS, int(keep), 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
 
 
 def set_no_new_privs() -> None:

@@ -146,7 +146,7 @@ def apply_security_profile(spec: ContainerSpec) -> None:
             mounts.readonly_paths(spec.readonly_paths)
     if spec.seccomp is not None and not spec.no_new_privileges:
         seccomp.load_filter(spec.seccomp)
-    security.drop_capabilities(spec.capabilities)
+    security.drop_capabilities(spec.capabilities, user=tuple(spec.user) if tuple(spec.user) != (0, 0, ()) else None)
     if spec.no_new_privileges:
         security.no_new_privileges()
         if spec.seccomp is not None:

@@ -40,6 +40,11 @@ CFS_PERIOD_US = 100_000
 CGROUP_MOUNT = "/sys/fs/cgroup"
 
 
+def _user_to_config(user: tuple) -> dict:
+    uid, gid, groups = user
+    return {"uid": uid, "gid": gid, **({"additionalGids": list(groups)} if groups else {})}
+
+
 def device_rules_to_config(rules: tuple[DeviceRule, ...]) -> list[dict]:
     """The device allow-list as linux.resources.devices: deny all, then allow each rule."""
     out: list[dict] = [{"allow": False, "access": "rwm"}]
@@ -84,7 +89,7 @@ def spec_to_config(spec: ContainerSpec, *, memory: int | None = None, cpus: floa
         linux["cgroupsPath"] = os.path.dirname(spec.cgroup_procs[0])[len(CGROUP_MOUNT):]
     return {
         "ociVersion": OCI_VERSION,
-        "process": {"terminal": False, "user": {"uid": 0, "gid": 0}, "args": list(spec.args),
+        "process": {"terminal": False, "user": _user_to_config(spec.user), "args": list(spec.args),
                     "env": list(spec.env), "cwd": spec.cwd,
                     "capabilities": {"bounding": caps, "effective": caps, "permitted": caps,
                                      "inheritable": caps, "ambient": []},
@@ -122,8 +127,8 @@ def spec_from_config(config: dict, container_id: str) -> ContainerSpec:
     if process.get("terminal"):
         raise _refuse("process.terminal", "is true")
     user = process.get("user") or {}
-    if user.get("uid", 0) != 0 or user.get("gid", 0) != 0 or user.get("additionalGids"):
-        raise _refuse("process.user", f"is {user}")
+    if set(user) - {"uid", "gid", "additionalGids"}:
+        raise _refuse("process.user", f"has {sorted(set(user) - {'uid', 'gid', 'additionalGids'})}")
     ours = {oci: kind for kind, oci in OCI_NAMESPACES.items()}
     namespaces = []
     for ns in linux.get("namespaces") or []:
@@ -161,6 +166,7 @@ def spec_from_config(config: dict, container_id: str) -> ContainerSpec:
         cgroup_procs=json.loads(notes.get(ANNOTATION + "cgroup.procs", "[]")),
         capabilities=tuple(caps.get("bounding") or ()), no_new_privileges=bool(process.get("noNewPrivileges")),
         seccomp=seccomp,
+        user=(int(user.get("uid", 0)), int(user.get("gid", 0)), tuple(int(g) for g in user.get("additionalGids") or ())),
         masked_paths=tuple(linux.get("maskedPaths") or ()), readonly_paths=tuple(linux.get("readonlyPaths") or ()))
 
 

@@ -65,7 +65,7 @@ def _run(args: list[str], env: list[str], cwd: str, spec: ContainerSpec) -> dict
     def restrict_and_exec() -> None:   # in the forked child: subprocess has set up stdio and cwd
         if program and not spec.no_new_privileges:
             syscalls.set_seccomp_filter(program)
-        security.restrict(keep, no_new_privs=spec.no_new_privileges)
+        security.restrict(keep, no_new_privs=spec.no_new_privileges, user=tuple(spec.user))
         if program and spec.no_new_privileges:
             syscalls.set_seccomp_filter(program)
         syscalls.close_range_cloexec(3)   # subprocess would close the rest after this hook; we exec here

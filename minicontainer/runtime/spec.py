@@ -33,6 +33,7 @@ class ContainerSpec:
     readonly: bool = False
     sys_readonly: bool = True            # /sys read-only; --privileged mounts it read-write, as Docker does
     cgroup_procs: list[str] = field(default_factory=list)   # cgroup.procs files to join
+    user: tuple[int, int, tuple[int, ...]] = (0, 0, ())      # uid, gid, supplementary gids (process.user)
     # the security profile (the OCI spec's process.capabilities, noNewPrivileges, linux.seccomp,
     # linux.maskedPaths and linux.readonlyPaths); seccomp None means unconfined
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
