@@ -75,6 +75,11 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     k.add_argument("id")
     k.add_argument("signal", nargs="?", default="SIGTERM")
 
+    pa = sub.add_parser("pause", help="freeze every process of a container (its cgroup's freezer)")
+    pa.add_argument("id")
+    re_ = sub.add_parser("resume", help="thaw a paused container")
+    re_.add_argument("id")
+
     d = sub.add_parser("delete", help="delete a stopped or created container (--force: a running one too)")
     d.add_argument("--force", "-f", action="store_true")
     d.add_argument("id")
@@ -135,6 +140,10 @@ def run_verb(a: argparse.Namespace) -> int:
         sys.stdout.write(json.dumps(rt.load(root, a.id).state(), indent=2))
     elif verb == "kill":
         rt.kill(root, a.id, a.signal, a.all)
+    elif verb == "pause":
+        rt.pause(root, a.id)
+    elif verb == "resume":
+        rt.resume(root, a.id)
     elif verb == "delete":
         rt.delete(root, a.id, a.force)
     elif verb == "run":

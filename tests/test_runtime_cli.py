@@ -719,3 +719,25 @@ def test_trace_shows_every_kernel_step_from_the_cgroup_to_the_fifo(work, ours):
                  "set_user_and_capabilities", "no_new_privs", "start", "cgroup_remove"):
         assert name in names, name
     assert names.index("pivot_root") < names.index("set_user_and_capabilities") < names.index("start")
+
+
+@needs_runc
+def test_pause_and_resume_freeze_and_thaw_as_in_runc(work, ours, runc):
+    bundle = _bundle(work / "b", work / "rootfs", ["sleep", "1000"])
+    seen = {}
+    cid = _id()
+    for rt in (ours, runc):
+        try:
+            steps = [rt("create", "--bundle", str(bundle), cid)[0], rt("pause", cid)[0], rt.status(cid),
+                     rt.error("start", cid), rt("resume", cid)[0], rt.status(cid), rt.error("resume", cid),
+                     rt("start", cid)[0], rt("pause", cid)[0], rt.status(cid), rt.error("pause", cid),
+                     rt.error("delete", cid), rt("kill", cid, "TERM")[0], rt.status(cid),
+                     rt("kill", cid, "KILL")[0]]
+            _wait_stopped(rt, cid)
+            steps += [rt("delete", cid)[0], rt.error("pause", cid), rt.error("resume", cid)]
+            seen[rt.name] = steps
+        finally:
+            rt.cleanup(cid)
+    assert seen["ours"] == seen["runc"]
+    assert seen["ours"][2:4] == ["paused", (1, "cannot start a container in the paused state")]
+    assert seen["ours"][11] == (1, f"cannot delete container {cid} that is not stopped: paused")

@@ -1,13 +1,15 @@
 """``minicontainer runtime``: an OCI runtime over a bundle, with runc's verbs and runc's behaviour.
 
-    create ──► created ──start──► running ──(command exits)──► stopped ──delete──► (gone)
-                  │                   └──kill──► stopped
-                  └──delete / kill──► stopped
+    create ──► created ──start──► running ──(its command exits, or kill)──► stopped ──delete──► (gone)
+                 │ ▲                 │ ▲
+           pause │ │ resume    pause │ │ resume
+                 ▼ │                 ▼ │
+                paused              paused
 
 A container's state lives in ``<root>/<id>/``: ``state.json`` (written atomically) and,
 while it is *created*, ``exec.fifo``. Its status is never stored; it is read from the
-kernel each time, as runc does: no live init process → stopped; the fifo still there →
-created (the init is blocked opening it); otherwise running.
+kernel each time, as runc does: no live init process → stopped; its cgroup frozen →
+paused; the fifo still there → created (the init is blocked opening it); else running.
 
 ``create`` forks a child that joins or creates the namespaces, which forks the container's
 init (PID 1 of a new pid namespace) and exits. So the init outlives ``create``: nobody
@@ -129,7 +131,17 @@ class Container:
             return "creating" if self.record.creator_pid and alive else "stopped"
         if not self.init_alive():
             return "stopped"
+        if self.frozen():
+            return "paused"
         return "created" if os.path.exists(self.fifo) else "running"
+
+    def frozen(self) -> bool:
+        """Is the container's cgroup frozen (`pause`)? Read from the freezer, never stored."""
+        cgroup = self.cgroup()
+        try:
+            return cgroup is not None and cgroup.is_frozen()
+        except OSError:
+            return False
 
     def state(self, status: str | None = None) -> dict:
         """The runtime spec's state JSON (with runc's extra rootfs, created and owner)."""
@@ -584,7 +596,8 @@ def kill(root: str, container_id: str, sig: str = "SIGTERM", all_processes: bool
     """Send a signal to the container's init (or, with all_processes, to every process in its cgroup)."""
     container = load(root, container_id)
     number = parse_signal(sig)
-    if container.status() not in ("created", "running"):
+    status = container.status()
+    if status not in ("created", "running", "paused"):
         raise RuntimeFailure("container not running")
     cgroup = container.cgroup()
     targets = cgroup.pids() if all_processes and cgroup is not None else [container.record.init_pid]
@@ -595,6 +608,24 @@ def kill(root: str, container_id: str, sig: str = "SIGTERM", all_processes: bool
             continue
         except OSError as exc:
             raise RuntimeFailure(f"unable to signal init: {exc.strerror.lower()}") from None
+    if status == "paused" and number == signal.SIGKILL and cgroup is not None:
+        cgroup.thaw()   # a frozen task takes its SIGKILL only once it runs again (runc thaws too)
+
+
+def pause(root: str, container_id: str) -> None:
+    """Freeze every process of a created or running container (the freezer cgroup; no signal is sent)."""
+    container = load(root, container_id)
+    if container.status() not in ("created", "running"):
+        raise RuntimeFailure("container not running")
+    container.cgroup().freeze()
+
+
+def resume(root: str, container_id: str) -> None:
+    """Thaw a paused container: its processes run on from where they were."""
+    container = load(root, container_id)
+    if container.status() != "paused":
+        raise RuntimeFailure("container not paused")
+    container.cgroup().thaw()
 
 
 def delete(root: str, container_id: str, force: bool = False) -> None:
@@ -606,7 +637,7 @@ def delete(root: str, container_id: str, force: bool = False) -> None:
             return
         raise
     status = container.status()
-    if status in ("running", "creating") and not force:
+    if status in ("running", "creating", "paused") and not force:
         raise RuntimeFailure(f"cannot delete container {container_id} that is not stopped: {status}")
     destroy(container)
 
