@@ -109,6 +109,10 @@ def _add_container_verbs(sub) -> None:
     b.add_argument("-q", "--quiet", action="store_true", help="print only the image id")
     b.add_argument("context")
     b.set_defaults(func=cmd_build)
+    cpp = sub.add_parser("cp", help="copy files between a container and the host (CONTAINER:PATH on one side)")
+    cpp.add_argument("src")
+    cpp.add_argument("dest")
+    cpp.set_defaults(func=cmd_cp)
     cm = sub.add_parser("commit", help="make a new image from a container's changes (its upper dir as a layer)")
     cm.add_argument("-m", "--message", default="")
     cm.add_argument("-p", "--pause", default="true", choices=["true", "false"],
@@ -249,6 +253,13 @@ def cmd_build(a: argparse.Namespace) -> int:
                    output=(lambda text: None) if a.quiet else None)
     if a.quiet:
         print(result.image_id)
+    return 0
+
+
+def cmd_cp(a: argparse.Namespace) -> int:
+    from .engine.container_files import copy
+
+    copy(a.src, a.dest)
     return 0
 
 

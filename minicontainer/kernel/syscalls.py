@@ -37,8 +37,10 @@ MS_SHARED = 1 << 20
 MNT_DETACH = 2
 
 # x86_64 and aarch64 syscall numbers that glibc 2.36 has no wrapper for
-_SYS = {"x86_64": {"pivot_root": 155, "close_range": 436, "capset": 126},
-        "aarch64": {"pivot_root": 41, "close_range": 436, "capset": 91}}[os.uname().machine]
+_SYS = {"x86_64": {"pivot_root": 155, "close_range": 436, "capset": 126, "openat2": 437},
+        "aarch64": {"pivot_root": 41, "close_range": 436, "capset": 91, "openat2": 437}}[os.uname().machine]
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
 CLOSE_RANGE_CLOEXEC = 1 << 2
 PR_SET_PDEATHSIG = 1
 PR_SET_KEEPCAPS = 8
@@ -175,6 +177,25 @@ def capset(effective: int, permitted: int, inheritable: int) -> None:
         data[i].permitted = (permitted >> (32 * i)) & 0xFFFFFFFF
         data[i].inheritable = (inheritable >> (32 * i)) & 0xFFFFFFFF
     _check(0 if libc.syscall(_SYS["capset"], ctypes.byref(header), data) == 0 else -1, "capset")
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def open_in_root(root_fd: int, path: str, flags: int, mode: int = 0) -> int:
+    """openat2(RESOLVE_IN_ROOT): open ``path`` as if ``root_fd`` were "/": every "..", absolute
+    symlink and magic link is kept inside that directory, whatever the files there say.
+
+    This is how a path a container controls is resolved safely from the host (docker cp's
+    CVE-2018-15664 swapped a path component for a symlink to / in the middle of a copy).
+    """
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    fd = libc.syscall(_SYS["openat2"], root_fd, os.fsencode(path), ctypes.byref(how), ctypes.sizeof(how))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return fd
 
 
 def set_keep_capabilities(keep: bool) -> None:
