@@ -52,6 +52,8 @@ def _add_container_options(r) -> None:
     r.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     r.add_argument("-v", "--volume", action="append", default=[], metavar="SRC:DST[:ro]")
     r.add_argument("-w", "--workdir", default="")
+    r.add_argument("-i", "--interactive", action="store_true", help="keep stdin open (it always is, in the foreground)")
+    r.add_argument("-t", "--tty", action="store_true", help="give the command a pseudo-terminal (with -i: a shell you can use)")
     r.add_argument("-u", "--user", default="", metavar="USER[:GROUP]", help="run as this user (name or uid) of the image")
     r.add_argument("-m", "--memory", default=None, help="memory limit, e.g. 64m")
     r.add_argument("--cpus", default=None, help="CPU quota in cores, e.g. 0.5")
@@ -140,6 +142,8 @@ def _add_container_verbs(sub) -> None:
     ex.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     ex.add_argument("-w", "--workdir", default="")
     ex.add_argument("-u", "--user", default="", metavar="USER[:GROUP]")
+    ex.add_argument("-i", "--interactive", action="store_true", help="keep stdin open (it always is)")
+    ex.add_argument("-t", "--tty", action="store_true", help="give the command a pseudo-terminal")
     ex.add_argument("container")
     ex.add_argument("cmd", nargs=argparse.REMAINDER)
     ex.set_defaults(func=cmd_exec)
@@ -322,12 +326,25 @@ def cmd_exec(a: argparse.Namespace) -> int:
     for item in a.env:
         if "=" not in item or item.startswith("="):
             raise InvalidArgument(f"invalid environment variable {item!r}: use -e NAME=value")
+    master = slave = -1
+    if a.tty:
+        from .engine.terminal import open_pty
+        master, slave = open_pty(0)
     try:
-        proc = exec_(a.container, a.cmd, env=a.env, workdir=a.workdir, user=a.user)
+        proc = exec_(a.container, a.cmd, env=a.env, workdir=a.workdir, user=a.user,
+                     stdio=(slave, slave, slave) if a.tty else (0, 1, 2),
+                     close_in_child=(master,) if a.tty else (), tty=a.tty)
     except StateError as exc:   # docker exec: the daemon's refusal exits 1
         print(f"minicontainer: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if slave >= 0:
+            os.close(slave)
     try:
+        if a.tty:
+            from .engine.terminal import relay
+            relay(master, until=proc.status_fd)
+            os.close(master)
         code = proc.wait()
     finally:
         proc.reap()
@@ -463,7 +480,7 @@ def _run_kwargs(a: argparse.Namespace) -> dict:
     return dict(name=a.name, hostname=a.hostname, env=a.env, volumes=a.volume, workdir=a.workdir,
                 memory=a.memory, cpus=a.cpus, pids_limit=a.pids_limit, readonly=a.read_only, init=a.init,
                 privileged=a.privileged, cap_add=a.cap_add, cap_drop=a.cap_drop, security_opt=a.security_opt,
-                user=a.user)
+                user=a.user, tty=a.tty)
 
 
 def cmd_run(a: argparse.Namespace) -> int:

@@ -37,7 +37,9 @@ def test_a_spec_survives_the_trip_through_config_json():
 
 
 @pytest.mark.parametrize("change, field", [
-    (lambda c: c["process"].update(terminal=True), "process.terminal"),
+    (lambda c: c["process"].update(rlimits=[{"type": "RLIMIT_NOFILE", "hard": 10, "soft": 10}]), "process.rlimits"),
+    (lambda c: c.update(hooks={"prestart": [{"path": "/bin/true"}]}), "hooks"),
+    (lambda c: c["linux"].update(mountLabel="system_u:object_r:container_file_t"), "linux.mountLabel"),
     (lambda c: c["process"].update(user={"uid": 1000, "gid": 1000, "umask": 18}), "process.user"),
     (lambda c: c["linux"]["namespaces"].append({"type": "user"}), "linux.namespaces"),
     (lambda c: c["linux"]["namespaces"][0].update(path="/proc/1/ns/pid"), "linux.namespaces"),

@@ -58,6 +58,7 @@ class RunOptions:
     no_new_privileges: bool = True
     seccomp_profile: dict | None = field(default_factory=default_profile)   # Docker's format; None: unconfined
     user: str = ""            # -u: NAME, UID, NAME:GROUP or UID:GID, looked up in the image's /etc/passwd
+    tty: bool = False         # -t: a pseudo-terminal for the command's stdio
 
     @classmethod
     def parse(cls, image: str, args: list[str] | str | None = None, *, name: str = "", hostname: str = "",
@@ -66,7 +67,7 @@ class RunOptions:
               pids_limit: int | None = None, readonly: bool = False, remove: bool = False,
               init: bool = False, privileged: bool = False, cap_add: list[str] | None = None,
               cap_drop: list[str] | None = None, security_opt: list[str] | None = None,
-              user: str = "") -> "RunOptions":
+              user: str = "", tty: bool = False) -> "RunOptions":
         """Validate user input before anything is created."""
         if isinstance(args, str):
             args = ["sh", "-c", args]
@@ -90,7 +91,7 @@ class RunOptions:
                    cpus=parse_cpus(cpus) if cpus is not None else None,
                    pids_limit=int(pids_limit) if pids_limit is not None else None,
                    readonly=readonly, remove=remove, init=bool(init), privileged=bool(privileged),
-                   capabilities=capabilities, no_new_privileges=no_new_privileges, user=user or "",
+                   capabilities=capabilities, no_new_privileges=no_new_privileges, user=user or "", tty=bool(tty),
                    # --privileged runs unconfined, unless a profile was asked for by name: never ignore one
                    seccomp_profile=seccomp_profile if not privileged or any(
                        o.startswith(("seccomp=", "seccomp:")) for o in security_opt or []) else None)
@@ -212,6 +213,7 @@ def spec_for(record: ContainerRecord, image: Image, lowers: list[str], opts: Run
                          seccomp=None if opts.seccomp_profile is None
                          else profile_to_oci(opts.seccomp_profile, opts.capabilities))
     spec.user = resolve_user(opts.user or cfg.get("User") or "", lowers)
+    spec.terminal = opts.tty
     if opts.privileged:   # as Docker's --privileged: nothing of the kernel is hidden or protected
         spec.masked_paths, spec.readonly_paths, spec.sys_readonly = (), (), False
     return spec
@@ -439,14 +441,29 @@ def run_foreground(opts: RunOptions) -> tuple[ContainerState, Trace, ContainerRe
         previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
         try:
             proc = None
+            master = slave = -1
             try:
-                proc = _start(record, spec, (0, 1, 2))
+                if opts.tty:
+                    from .terminal import open_pty
+                    master, slave = open_pty(0)
+                proc = _start(record, spec, (slave, slave, slave) if opts.tty else (0, 1, 2),
+                              close_in_child=(master,) if opts.tty else ())
             finally:
+                if slave >= 0:
+                    os.close(slave)
                 if proc is None:
+                    if master >= 0:
+                        os.close(master)
                     finish(record, cgroup, None, remove=True)
             started.append(proc)
             for sig in early:
                 proc.signal(sig)
+            if opts.tty:
+                from .terminal import relay
+                try:
+                    relay(master, until=proc.status_fd)
+                finally:
+                    os.close(master)
             state, _ = finish(record, cgroup, proc, opts.remove)
         finally:
             for sig, handler in previous.items():

@@ -288,7 +288,7 @@ def remove(ref: str, force: bool = False) -> str:
 
 
 def exec_(ref: str, args: list[str], *, env: list[str] | None = None, workdir: str = "", user: str = "",
-          stdio: tuple[int, int, int] = (0, 1, 2), close_in_child: tuple[int, ...] = ()):
+          stdio: tuple[int, int, int] = (0, 1, 2), close_in_child: tuple[int, ...] = (), tty: bool = False):
     """Start ``args`` in the running container: its namespaces, cgroup and security profile.
 
     Returns the started process (wait() gives its exit code). The environment is the
@@ -303,7 +303,8 @@ def exec_(ref: str, args: list[str], *, env: list[str] | None = None, workdir: s
     record, state = _live(ref, "exec")
     spec = read_bundle(record.dir / "bundle", record.id)
     spec = dataclasses.replace(spec, args=list(args), env=_merge_env(spec.env, list(env or [])),
-                               cwd=workdir or spec.cwd, user=resolve_user(user, spec.lowers) if user else spec.user)
+                               cwd=workdir or spec.cwd, user=resolve_user(user, spec.lowers) if user else spec.user,
+                               terminal=tty)
     return exec_in_container(state.pid, spec, stdio, close_in_child)
 
 

@@ -129,6 +129,23 @@ def _execve(path: str, args: list[str], env: list[str]) -> None:
         raise ExecError(f"exec: {path!r}: {exc.strerror}", 126) from None
 
 
+def take_controlling_terminal() -> Step:
+    """setsid(), then ioctl(0, TIOCSCTTY): the pty on stdin becomes this session's terminal, so
+    Ctrl-C typed into it reaches the command as SIGINT, and a shell can do job control."""
+    import fcntl
+    import termios
+
+    step = Step("controlling_terminal", call="setsid(); ioctl(0, TIOCSCTTY, 0)", shell="setsid --ctty …",
+                why="-t: the command's stdin, stdout and stderr are a pseudo-terminal (伪终端), which becomes its "
+                    "controlling terminal")
+
+    def take() -> None:
+        os.setsid()
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    step.do(take)
+    return step
+
+
 def apply_security_profile(spec: ContainerSpec) -> None:
     """The last steps before exec: hide and protect kernel files, drop capabilities, no_new_privs, seccomp.
 
@@ -172,6 +189,8 @@ def exec_command(spec: ContainerSpec, stdio: tuple[int, int, int] | None = None)
         for target, fd in enumerate(stdio):
             if fd != target:
                 os.dup2(fd, target)
+    if spec.terminal:
+        take_controlling_terminal()
     apply_security_profile(spec)
     syscalls.close_range_cloexec(3)
     step = Step("execve", call=f"execveat(<sealed memfd: the exec trampoline>, {path!r}, {spec.args!r}); "

@@ -111,7 +111,7 @@ def exec_in_container(pid: int, spec: ContainerSpec, stdio: tuple[int, int, int]
     if helper == 0:
         for fd in (trace_r, status_r, *close_in_child):
             os.close(fd)
-        _helper(pid, spec, trace_w, status_w, stdio, [fd for fd in stdio if fd > 2])
+        _helper(pid, spec, trace_w, status_w, stdio, sorted({fd for fd in stdio if fd > 2}))
     os.close(trace_w)
     os.close(status_w)
     steps, error = process._collect_steps(trace_r)

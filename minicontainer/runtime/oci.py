@@ -89,7 +89,7 @@ def spec_to_config(spec: ContainerSpec, *, memory: int | None = None, cpus: floa
         linux["cgroupsPath"] = os.path.dirname(spec.cgroup_procs[0])[len(CGROUP_MOUNT):]
     return {
         "ociVersion": OCI_VERSION,
-        "process": {"terminal": False, "user": _user_to_config(spec.user), "args": list(spec.args),
+        "process": {"terminal": spec.terminal, "user": _user_to_config(spec.user), "args": list(spec.args),
                     "env": list(spec.env), "cwd": spec.cwd,
                     "capabilities": {"bounding": caps, "effective": caps, "permitted": caps,
                                      "inheritable": caps, "ambient": []},
@@ -103,6 +103,14 @@ def spec_to_config(spec: ContainerSpec, *, memory: int | None = None, cpus: floa
                         ANNOTATION + "overlay.workdir": spec.work,
                         ANNOTATION + "cgroup.procs": json.dumps(spec.cgroup_procs)},
     }
+
+
+# what this reader knows; any other field, set, is refused by name (the full runtime,
+# `minicontainer runtime`, honours more of them)
+KNOWN_FIELDS = {"ociVersion", "process", "root", "hostname", "mounts", "linux", "annotations"}
+KNOWN_PROCESS_FIELDS = {"terminal", "user", "args", "env", "cwd", "capabilities", "noNewPrivileges"}
+KNOWN_LINUX_FIELDS = {"namespaces", "maskedPaths", "readonlyPaths", "resources", "seccomp", "cgroupsPath",
+                      "devices", "sysctl", "uidMappings", "gidMappings"}
 
 
 def check_seccomp(seccomp: dict) -> None:
@@ -124,8 +132,11 @@ def _refuse(field: str, why: str) -> InvalidArgument:
 def spec_from_config(config: dict, container_id: str) -> ContainerSpec:
     """Read a config.json back into what the runtime executes; refuse, by field, what it can't do."""
     process, linux, notes = config.get("process") or {}, config.get("linux") or {}, config.get("annotations") or {}
-    if process.get("terminal"):
-        raise _refuse("process.terminal", "is true")
+    for where, value, known in (("", config, KNOWN_FIELDS), ("process.", process, KNOWN_PROCESS_FIELDS),
+                                ("linux.", linux, KNOWN_LINUX_FIELDS)):
+        extra = sorted(k for k, v in value.items() if k not in known and v not in (None, {}, [], ""))
+        if extra:
+            raise _refuse(f"{where}{extra[0]}", "is set")
     user = process.get("user") or {}
     if set(user) - {"uid", "gid", "additionalGids"}:
         raise _refuse("process.user", f"has {sorted(set(user) - {'uid', 'gid', 'additionalGids'})}")
@@ -165,7 +176,7 @@ def spec_from_config(config: dict, container_id: str) -> ContainerSpec:
         sys_readonly=sys_readonly,
         cgroup_procs=json.loads(notes.get(ANNOTATION + "cgroup.procs", "[]")),
         capabilities=tuple(caps.get("bounding") or ()), no_new_privileges=bool(process.get("noNewPrivileges")),
-        seccomp=seccomp,
+        seccomp=seccomp, terminal=bool(process.get("terminal")),
         user=(int(user.get("uid", 0)), int(user.get("gid", 0)), tuple(int(g) for g in user.get("additionalGids") or ())),
         masked_paths=tuple(linux.get("maskedPaths") or ()), readonly_paths=tuple(linux.get("readonlyPaths") or ()))
 

@@ -278,7 +278,7 @@ def start_container(spec: ContainerSpec, stdio: tuple[int, int, int] = (0, 1, 2)
     if pid == 0:
         for fd in (trace_r, status_r, *close_in_child):
             os.close(fd)
-        _setup_child(spec, trace_w, status_w, stdio, [fd for fd in stdio if fd > 2])
+        _setup_child(spec, trace_w, status_w, stdio, sorted({fd for fd in stdio if fd > 2}))   # a pty: one fd thrice
     step.result = f"setup child is host pid {pid}"
     os.close(trace_w)
     os.close(status_w)

@@ -34,6 +34,7 @@ class ContainerSpec:
     sys_readonly: bool = True            # /sys read-only; --privileged mounts it read-write, as Docker does
     cgroup_procs: list[str] = field(default_factory=list)   # cgroup.procs files to join
     user: tuple[int, int, tuple[int, ...]] = (0, 0, ())      # uid, gid, supplementary gids (process.user)
+    terminal: bool = False               # stdio is a pty: the command gets it as its controlling terminal
     # the security profile (the OCI spec's process.capabilities, noNewPrivileges, linux.seccomp,
     # linux.maskedPaths and linux.readonlyPaths); seccomp None means unconfined
     capabilities: tuple[str, ...] = DEFAULT_CAPABILITIES
