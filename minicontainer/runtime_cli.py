@@ -80,6 +80,21 @@ def _parser(prog: str) -> argparse.ArgumentParser:
     re_ = sub.add_parser("resume", help="thaw a paused container")
     re_.add_argument("id")
 
+    x = sub.add_parser("exec", help="run another process in a container (its namespaces, cgroup and profile)")
+    x.add_argument("--cwd", default="", help="working directory in the container")
+    x.add_argument("--env", "-e", action="append", default=[], metavar="K=V")
+    x.add_argument("--user", "-u", default="", metavar="UID[:GID]")
+    x.add_argument("--additional-gids", "-g", action="append", type=int, default=[], metavar="GID")
+    x.add_argument("--cap", "-c", action="append", default=[], metavar="CAP", help="add a capability")
+    x.add_argument("--no-new-privs", action="store_true")
+    x.add_argument("--process", "-p", default="", help="a JSON file with the whole process (config.json's)")
+    x.add_argument("--detach", "-d", action="store_true")
+    x.add_argument("--pid-file", default=None)
+    x.add_argument("--tty", "-t", action="store_true", help="refused: no terminal support yet")
+    x.add_argument("--ignore-paused", action="store_true")
+    x.add_argument("id")
+    x.add_argument("command", nargs=argparse.REMAINDER)
+
     d = sub.add_parser("delete", help="delete a stopped or created container (--force: a running one too)")
     d.add_argument("--force", "-f", action="store_true")
     d.add_argument("id")
@@ -144,6 +159,18 @@ def run_verb(a: argparse.Namespace) -> int:
         rt.pause(root, a.id)
     elif verb == "resume":
         rt.resume(root, a.id)
+    elif verb == "exec":
+        from .runtime.bundle_exec import ExecFailure, exec_process
+
+        if a.tty:
+            raise ExecFailure("exec failed: --tty is not supported: there is no terminal support yet")
+        try:
+            return exec_process(root, a.id, a.command, env=a.env, cwd=a.cwd, user=a.user,
+                                additional_gids=a.additional_gids, caps=a.cap, no_new_privs=a.no_new_privs,
+                                process_file=a.process, detach=a.detach, pid_file=a.pid_file,
+                                ignore_paused=a.ignore_paused)
+        except MinicontainerError as exc:
+            raise ExecFailure(f"exec failed: {exc}") from None
     elif verb == "delete":
         rt.delete(root, a.id, a.force)
     elif verb == "run":
@@ -197,7 +224,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     except MinicontainerError as exc:
         sys.stdout.flush()
         log("error", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return 1
+        return 255 if a.verb == "exec" else 1   # runc's codes
     except OSError as exc:   # a kernel refusal no step turned into a sentence: still one line
         sys.stdout.flush()
         log("error", f"{exc.strerror or exc}{': ' + exc.filename if exc.filename else ''}")

@@ -741,3 +741,34 @@ def test_pause_and_resume_freeze_and_thaw_as_in_runc(work, ours, runc):
     assert seen["ours"] == seen["runc"]
     assert seen["ours"][2:4] == ["paused", (1, "cannot start a container in the paused state")]
     assert seen["ours"][11] == (1, f"cannot delete container {cid} that is not stopped: paused")
+
+
+@needs_runc
+def test_exec_joins_the_containers_namespaces_cgroup_and_profile_as_runc_exec_does(work, ours, runc):
+    bundle = _bundle(work / "b", work / "rootfs", ["sleep", "1000"], hostname="box")
+    script = ("hostname; id; pwd; echo $FOO; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; ps -o comm; "
+              "readlink /proc/1/ns/net; exit 5")
+    seen = {}
+    cid = _id()
+    for rt in (ours, runc):
+        try:
+            steps = [rt("create", "--bundle", str(bundle), cid)[0], rt("exec", cid, "echo", "in created")[:2],
+                     rt("start", cid)[0]]
+            pid = rt.state(cid)["pid"]
+            rc, out, err = rt("exec", "-e", "FOO=bar", "--cwd", "/bin", cid, "sh", "-c", script)
+            steps += [(rc, out.replace(os.readlink(f"/proc/{pid}/ns/net"), "<the init's netns>"), err),
+                      rt("exec", "--user", "1000:1000", "-g", "7", cid, "id")[:2],
+                      rt("exec", "--cap", "CAP_SYS_ADMIN", cid, "grep", "CapEff", "/proc/self/status")[:2],
+                      rt.error("exec", cid, "nosuch"), rt.error("exec", cid, "--cwd"),
+                      rt("pause", cid)[0], rt.error("exec", cid, "true"), rt("resume", cid)[0],
+                      rt("kill", cid, "KILL")[0]]
+            _wait_stopped(rt, cid)
+            steps += [rt.error("exec", cid, "true"), rt("delete", cid)[0]]
+            seen[rt.name] = steps
+        finally:
+            rt.cleanup(cid)
+    assert seen["ours"] == seen["runc"]
+    assert seen["ours"][3] == (5, "box\nuid=0 gid=0\n/bin\nbar\nCapEff:\t0000000020000420\nNoNewPrivs:\t1\n"
+                                  "COMMAND\nsleep\nsh\nps\n<the init's netns>\n", "")
+    assert seen["ours"][6] == (255, 'exec failed: unable to start container process: exec: "nosuch": '
+                                    'executable file not found in $PATH')

@@ -89,6 +89,7 @@ class ContainerRecord:
     cgroup_paths: dict[str, str] = field(default_factory=dict)
     cgroup_parents: list[str] = field(default_factory=list)   # directories we made for linux.cgroupsPath
     hooks: dict[str, list[dict]] = field(default_factory=dict)
+    config: dict = field(default_factory=dict)   # config.json as create read it: later edits don't count
     creator_pid: int = 0                # the `create` process, while the container is "creating"
     creator_start: int = 0
 
@@ -322,6 +323,7 @@ def create(root: str, container_id: str, bundle: str, pid_file: str | None = Non
         record = ContainerRecord(id=container_id, bundle=config.bundle, rootfs=config.rootfs,
                                  created=rfc3339(time.time_ns()), annotations=config.annotations,
                                  hooks={k: [asdict(h) for h in v] for k, v in config.hooks.items()},
+                                 config=config.raw,
                                  creator_pid=os.getpid(), creator_start=process_start_time(os.getpid()) or 0)
         container = Container(root, record)
         planned, parents = cgroup_for(config, container_id)
