@@ -201,13 +201,13 @@ def _failed(verb: str, action, *args):
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     global _log_file, _log_format
     from .errors import MinicontainerError
-    from .runtime import bundle_runtime
+    from .runtime import bundle_state
 
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser(prog)
     a = parser.parse_args(argv)
     _log_file, _log_format = (os.path.abspath(a.log) if a.log else None), a.log_format
-    bundle_runtime.warning_sink = lambda message: log("warning", message)
+    bundle_state.warning_sink = lambda message: log("warning", message)
     if not a.verb:
         parser.print_help()
         return 1

@@ -25,7 +25,7 @@ import json
 import os
 import signal
 
-from .bundle_runtime import RuntimeFailure, load, process_start_time
+from .bundle_state import RuntimeFailure, load, process_start_time
 
 # the order runc joins them in: the user namespace first, so the rest are joined from inside it
 JOIN_ORDER = (("user", "user"), ("ipc", "ipc"), ("uts", "uts"), ("net", "net"), ("pid", "pid"), ("mnt", "mnt"),
