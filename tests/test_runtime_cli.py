@@ -414,7 +414,7 @@ def test_hooks_run_at_their_points_with_the_state_on_stdin(work, ours, runc):
         lines = log.read_text().splitlines()
         calls = [(kind, json.loads(state)) for kind, state in zip(lines[::2], lines[1::2])]
         seen[rt.name] = ([c for c in after_create if c], [kind for kind, _ in calls],
-                         [(s["id"] == cid, s["bundle"] == str(bundle), bool(s.get("pid"))) for _, s in calls])
+                         [(s["id"] == cid, s["bundle"] == str(bundle), bool(s.get("pid")), sorted(s)) for _, s in calls])
     assert seen["ours"][1:] == seen["runc"][1:]
     assert seen["ours"][1] == ["prestart", "createRuntime", "poststart", "poststop"]
     # the runtime spec: poststart runs once the command has started, before `start` returns;

@@ -235,7 +235,7 @@ def launch(config: BundleConfig, container: Container, cgroup: Cgroup) -> int:
         while True:
             message = _expect(channel, init_pid)
             if "hooks" in message:
-                state = container.state("creating")
+                state = container.hook_state("creating")
                 try:
                     run_hooks("prestart", config.hooks.get("prestart", []), state)
                     run_hooks("createRuntime", config.hooks.get("createRuntime", []), state)

@@ -35,7 +35,7 @@ def start(root: str, container_id: str) -> Container:
                       shell=f"cat {container.fifo} && rm {container.fifo}",
                       why="the init is blocked opening exec.fifo for writing: a reader lets it go on to execve")
     step.do(_release_init, container)
-    run_hooks("poststart", hooks_of(container.record, "poststart"), container.state("running"), warn_only=True)
+    run_hooks("poststart", hooks_of(container.record, "poststart"), container.hook_state("running"), warn_only=True)
     return container
 
 
@@ -135,7 +135,7 @@ def destroy(container: Container) -> None:
                 os.rmdir(parent)
             except OSError:
                 pass   # another container uses it now
-    state = container.state("stopped")
+    state = container.hook_state("stopped")
     shutil.rmtree(container.dir, ignore_errors=True)
     # the container is gone either way: a failing hook is a warning, the others still run
     run_hooks("poststop", hooks_of(container.record, "poststop"), state, warn_only=True)

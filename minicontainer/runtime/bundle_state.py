@@ -137,6 +137,16 @@ class Container:
         out["owner"] = ""
         return out
 
+    def hook_state(self, status: str) -> dict:
+        """The state a hook reads on its stdin: the runtime spec's fields only (no pid once stopped), as runc's."""
+        out = {"ociVersion": OCI_VERSION, "id": self.record.id, "status": status}
+        if status != "stopped":
+            out["pid"] = self.record.init_pid
+        out["bundle"] = self.record.bundle
+        if self.record.annotations:
+            out["annotations"] = self.record.annotations
+        return out
+
     def cgroup(self) -> Cgroup | None:
         if not self.record.cgroup_paths:
             return None
