@@ -122,6 +122,10 @@ def _add_container_verbs(sub) -> None:
     cm.add_argument("container")
     cm.add_argument("repository", nargs="?")
     cm.set_defaults(func=cmd_commit)
+    at = sub.add_parser("attach", help="attach to a running container's output (and stdin, if started with -i)")
+    at.add_argument("--no-stdin", action="store_true", help="do not send our input")
+    at.add_argument("container")
+    at.set_defaults(func=cmd_attach)
     tp = sub.add_parser("top", help="the processes of a running container, as the host sees them")
     tp.add_argument("container")
     tp.set_defaults(func=cmd_top)
@@ -272,6 +276,12 @@ def cmd_commit(a: argparse.Namespace) -> int:
 
     print(commit(a.container, a.repository, message=a.message, pause_while=a.pause == "true"))
     return 0
+
+
+def cmd_attach(a: argparse.Namespace) -> int:
+    from .engine.terminal import attach
+
+    return attach(a.container, send_stdin=not a.no_stdin)
 
 
 def cmd_top(a: argparse.Namespace) -> int:
@@ -480,7 +490,7 @@ def _run_kwargs(a: argparse.Namespace) -> dict:
     return dict(name=a.name, hostname=a.hostname, env=a.env, volumes=a.volume, workdir=a.workdir,
                 memory=a.memory, cpus=a.cpus, pids_limit=a.pids_limit, readonly=a.read_only, init=a.init,
                 privileged=a.privileged, cap_add=a.cap_add, cap_drop=a.cap_drop, security_opt=a.security_opt,
-                user=a.user, tty=a.tty)
+                user=a.user, tty=a.tty, interactive=a.interactive)
 
 
 def cmd_run(a: argparse.Namespace) -> int:

@@ -166,6 +166,7 @@ def test_copy_chown_add_archive_and_parent_directories_keep_their_metadata(tmp_p
     ("FROM busybox\nCOPY missing.txt /x\n", "COPY source 'missing.txt' not found"),
     ("FROM busybox\nADD https://example.com/x /x\n", "ADD from a URL is not supported"),
     ("FROM no-such-image:1\n", "FROM no-such-image:1: no such image here"),
+    ("FROM busybox AS one\nRUN true\nFROM busybox\nCOPY --from=one /x /x\n", "COPY --from .multi-stage"),
 ])
 def test_bad_steps_are_refused_with_the_line(tmp_path, dockerfile, message):
     ctx = _context(tmp_path, dockerfile)

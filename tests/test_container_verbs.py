@@ -348,8 +348,11 @@ def test_the_python_api_drives_the_same_lifecycle():
 def test_top_stats_rename_and_container_prune():
     cid = mc("run", "-d", "--name", "busy", "-m", "64m", "busybox", "sh", "-c", "sleep 60 & exec sleep 61").stdout.strip()
     try:
-        rows = verbs.top("busy")
-        assert sorted(r["CMD"] for r in rows) == ["sleep 60", "sleep 61"]
+        # the shell forks one sleep and execs into the other: wait until it has
+        def both_sleeps():
+            rows = verbs.top("busy")
+            return rows if sorted(r["CMD"] for r in rows) == ["sleep 60", "sleep 61"] else None
+        rows = _until(both_sleeps, "both sleeps")
         assert rows[0]["PID"] == find_record(cid).read_state().pid    # host pids: PID 1 first
         figures = verbs.stats("busy")
         assert figures["PIDs"] == 2 and figures["MemLimit"] == 64 << 20 and 0 < figures["MemUsage"] < 64 << 20

@@ -312,3 +312,9 @@ def test_containers_started_at_once_from_separate_clis_all_run(engine_root):
     assert [w.returncode for w in workers] == [0, 0, 0]
     assert outputs == [("", "")] * 3, "a run failed or printed an error: " + repr(outputs)
     assert leftover_containers(engine_root) == []
+
+
+def test_home_is_the_users_home_from_the_images_passwd():
+    assert minicontainer.run("busybox", "echo $HOME").stdout == "/root\n"
+    assert minicontainer.run("busybox", "echo $HOME", user="nobody").stdout == "/nonexistent\n"
+    assert minicontainer.run("busybox", "echo $HOME", env=["HOME=/tmp"]).stdout == "/tmp\n"

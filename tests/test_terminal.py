@@ -114,8 +114,8 @@ def test_exec_it_gives_a_terminal_inside_a_running_container():
     try:
         term = Terminal(["exec", "-it", cid, "sh"], rows=25, cols=90)
         term.expect(b"# ")
-        term.type(b"stty size; echo pid=$$\n")
-        term.expect(b"pid=")
+        term.type(b"stty size; echo done$((1+1))\n")
+        term.expect(b"done2")
         assert b"25 90" in term.seen
         term.type(b"exit 5\n")
         assert term.wait() == 5
@@ -127,3 +127,37 @@ def test_without_t_the_command_has_no_terminal():
     done = subprocess.run(CLI + ["run", "--rm", "busybox", "sh", "-c", "[ -t 0 ] && echo tty || echo no-tty"],
                           capture_output=True, text=True, stdin=subprocess.DEVNULL)
     assert done.stdout == "no-tty\n"
+
+
+def test_attach_to_a_detached_terminal_then_detach_with_ctrl_p_ctrl_q_and_come_back():
+    cid = subprocess.run(CLI + ["run", "-d", "-it", "busybox", "sh"], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    try:
+        term = Terminal(["attach", cid])
+        time.sleep(0.5)
+        term.type(b"echo $((2+3))x\n")
+        term.expect(b"5x")
+        term.type(b"\x10\x11")            # Ctrl-P Ctrl-Q: detach, the shell runs on
+        assert term.wait() == 0
+        state = subprocess.run(CLI + ["inspect", cid], capture_output=True, text=True).stdout
+        assert '"Status": "running"' in state
+        again = Terminal(["attach", cid])
+        time.sleep(0.5)
+        again.type(b"exit 7\n")
+        assert again.wait() == 7           # attach ends with the container, and reports its exit code
+    finally:
+        subprocess.run(CLI + ["rm", "-f", cid], capture_output=True)
+
+
+def test_attach_without_a_terminal_splits_stdout_and_stderr_and_feeds_stdin():
+    cid = subprocess.run(CLI + ["run", "-d", "-i", "busybox", "sh", "-c",
+                                "while read l; do echo out:$l; echo err:$l >&2; [ $l = quit ] && exit 4; done"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        done = subprocess.run(CLI + ["attach", cid], input="a\nquit\n", capture_output=True, text=True, timeout=60)
+        assert done.returncode == 4
+        assert done.stdout == "out:a\nout:quit\n" and done.stderr == "err:a\nerr:quit\n"
+        refused = subprocess.run(CLI + ["attach", cid], capture_output=True, text=True)
+        assert "is not running" in refused.stderr
+    finally:
+        subprocess.run(CLI + ["rm", "-f", cid], capture_output=True)

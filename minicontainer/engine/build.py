@@ -450,6 +450,9 @@ def build(context: str | os.PathLike, *, dockerfile: str | None = None, tag: str
             words = df.split_words(text, ins.line) if ins.keyword in ("COPY", "ADD") and ins.exec_form is None \
                 else (ins.exec_form or [])
             extra = ""
+            if "from" in ins.flags and ins.keyword == "COPY":
+                raise df.DockerfileError(f"Dockerfile:{ins.line}: COPY --from (multi-stage builds) is not supported "
+                                         "yet: build the other stage as its own image and COPY its files from the context")
             if ins.keyword in ("COPY", "ADD"):
                 extra = digest_sources(context, [p for s in words[:-1] for p in context_sources(context, s, ins.line, rules)],
                                        rules) + json.dumps(ins.flags, sort_keys=True)

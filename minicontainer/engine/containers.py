@@ -66,6 +66,8 @@ class ContainerRecord:
     no_new_privileges: bool = True
     created_at: float = 0.0
     auto_remove: bool = False     # --rm: removed as soon as it exits, even if found exited later by ps
+    interactive: bool = False     # -i: its stdin stays open for `attach` (detached) or the terminal
+    tty: bool = False             # -t: its stdio is a pseudo-terminal
 
     @property
     def dir(self) -> Path:

@@ -78,21 +78,128 @@ class JsonLog:
         self.file.close()
 
 
-def pump_output(log: JsonLog, streams: dict[int, str]) -> None:
-    """Copy the container's stdout and stderr into the log until both reach EOF."""
+class Attachments:
+    """The monitor's attach socket: every client gets the output from now on; their keys go
+    to the container's stdin (if it was started with -i).
+
+    Without a tty, output is framed as Docker's attach stream is: one byte for the stream
+    (1 stdout, 2 stderr), three zero bytes, a 4-byte big-endian length, then the data.
+    With a tty there is one stream, sent raw.
+    """
+
+    def __init__(self, path: Path, tty: bool, stdin_fd: int | None):
+        import socket
+
+        self.tty, self.stdin_fd, self.clients = tty, stdin_fd, []
+        self.path = path
+        path.unlink(missing_ok=True)
+        self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        old = os.umask(0o077)   # only root may attach
+        try:
+            self.server.bind(str(path))
+        finally:
+            os.umask(old)
+        self.server.listen(8)
+        self.server.setblocking(False)
+
+    def accept(self) -> object:
+        client, _ = self.server.accept()
+        self.clients.append(client)
+        return client
+
+    def send(self, stream: str, data: bytes) -> None:
+        frame = data if self.tty else bytes([1 if stream == "stdout" else 2, 0, 0, 0]) + len(data).to_bytes(4, "big") + data
+        for client in list(self.clients):
+            try:
+                client.sendall(frame)
+            except OSError:   # a client that went away
+                self.drop(client)
+
+    def from_client(self, client) -> bool:
+        """Keys from an attached client; False once its input has ended (it may still be
+        reading the output: it is dropped only when a send to it fails)."""
+        try:
+            data = client.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            return False
+        if self.stdin_fd is not None:
+            try:
+                os.write(self.stdin_fd, data)
+            except OSError:
+                pass
+        return True
+
+    def drop(self, client) -> None:
+        if client in self.clients:
+            self.clients.remove(client)
+        client.close()
+
+    def close(self) -> None:
+        for client in list(self.clients):
+            self.drop(client)
+        self.server.close()
+        self.path.unlink(missing_ok=True)
+
+
+def pump_output(log: JsonLog, streams: dict[int, str], attach: Attachments | None = None,
+                until: int | None = None) -> None:
+    """Copy the container's output into the log (and to attached clients) until it ends."""
+    import errno
+
     sel = selectors.DefaultSelector()
     for fd in streams:
-        sel.register(fd, selectors.EVENT_READ)
-    while sel.get_map():
-        for key, _ in sel.select():
-            chunk = os.read(key.fd, 65536)
-            if chunk:
-                log.write(streams[key.fd], chunk)
-            else:
+        sel.register(fd, selectors.EVENT_READ, "output")
+    if attach is not None:
+        sel.register(attach.server, selectors.EVENT_READ, "accept")
+    if until is not None:
+        sel.register(until, selectors.EVENT_READ, "exited")
+    open_streams = len(streams)
+    exited = False
+    while open_streams:
+        timeout = 0.2 if exited else None   # after PID 1's exit, only what is already buffered
+        events = sel.select(timeout)
+        if not events and exited:
+            break
+        for key, _ in events:
+            if key.data == "exited":
                 sel.unregister(key.fd)
-                os.close(key.fd)
+                exited = True
+            elif key.data == "accept":
+                sel.register(attach.accept(), selectors.EVENT_READ, "client")
+            elif key.data == "client":
+                if not attach.from_client(key.fileobj):
+                    sel.unregister(key.fileobj)
+            else:
+                try:
+                    chunk = os.read(key.fd, 65536)
+                except OSError as exc:
+                    if exc.errno != errno.EIO:   # a pty's master reads EIO once every slave is closed
+                        raise
+                    chunk = b""
+                if chunk:
+                    log.write(streams[key.fd], chunk)
+                    if attach is not None:
+                        attach.send(streams[key.fd], chunk)
+                else:
+                    sel.unregister(key.fd)
+                    os.close(key.fd)
+                    open_streams -= 1
+    for key in list(sel.get_map().values()):
+        if key.data == "output":
+            os.close(key.fd)
     sel.close()
+    if attach is not None:
+        attach.close()
     log.close()
+
+
+def attach_socket(container_id: str) -> Path:
+    """Where a running container's monitor listens for `attach`."""
+    from .paths import run_dir
+
+    return run_dir() / "containers" / f"{container_id[:12]}.attach"
 
 
 def monitor(container_id: str, ready_fd: int, remove: bool, new: bool = True) -> int:
@@ -107,11 +214,22 @@ def monitor(container_id: str, ready_fd: int, remove: bool, new: bool = True) ->
     os.chdir(record.dir)   # not the starter's cwd, which may be a directory the user wants to unmount
     cgroup = open_cgroup(cgroup_name(record.id))
     spec = read_bundle(record.dir / "bundle", record.id)
-    out_r, out_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    stdin_w = None
+    if spec.terminal:   # -t: one pty for all three; we keep its master
+        from .terminal import open_pty
+        out_r, out_w = open_pty(None)
+        err_r, err_w, null = -1, os.dup(out_w), os.dup(out_w)
+        stdin_w = out_r if record.interactive else None
+    else:
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        if record.interactive:   # -i: attached clients' keys go to a pipe on its stdin
+            null, stdin_w = os.pipe2(os.O_CLOEXEC)
+        else:
+            null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    parent_side = tuple(fd for fd in (out_r, err_r, ready_fd, stdin_w if not spec.terminal else -1) if fd is not None and fd >= 0)
     try:
-        proc = _start(record, spec, (null, out_w, err_w), close_in_child=(out_r, err_r, ready_fd))
+        proc = _start(record, spec, (null, out_w, err_w), close_in_child=parent_side)
     except ContainerStartError as exc:
         finish(record, cgroup, None, remove=new)
         if not new:   # an existing container stays, exited with the reason's exit code, as docker's does
@@ -123,12 +241,15 @@ def monitor(container_id: str, ready_fd: int, remove: bool, new: bool = True) ->
     finally:
         for fd in (out_w, err_w, null):
             os.close(fd)
-    state = record.read_state()
-    state.monitor_pid = os.getpid()
-    record.write_state(state)
+    attach = Attachments(attach_socket(record.id), spec.terminal, stdin_w)
     os.write(ready_fd, json.dumps({"started": proc.init_pid}).encode())
     os.close(ready_fd)
-    pump_output(JsonLog(log_path(record.dir, record.id)), {out_r: "stdout", err_r: "stderr"})
+    streams = {out_r: "stdout"} if spec.terminal else {out_r: "stdout", err_r: "stderr"}
+    try:
+        pump_output(JsonLog(log_path(record.dir, record.id)), streams, attach, until=proc.status_fd)
+    finally:
+        if stdin_w is not None and not spec.terminal:
+            os.close(stdin_w)
     state, _ = finish(record, cgroup, proc, remove, wait_for_teardown=True)
     return state.exit_code if state.exit_code is not None else 125
 

@@ -59,6 +59,7 @@ class RunOptions:
     seccomp_profile: dict | None = field(default_factory=default_profile)   # Docker's format; None: unconfined
     user: str = ""            # -u: NAME, UID, NAME:GROUP or UID:GID, looked up in the image's /etc/passwd
     tty: bool = False         # -t: a pseudo-terminal for the command's stdio
+    interactive: bool = False  # -i: keep stdin open (for a detached container: to `attach` to)
 
     @classmethod
     def parse(cls, image: str, args: list[str] | str | None = None, *, name: str = "", hostname: str = "",
@@ -67,7 +68,7 @@ class RunOptions:
               pids_limit: int | None = None, readonly: bool = False, remove: bool = False,
               init: bool = False, privileged: bool = False, cap_add: list[str] | None = None,
               cap_drop: list[str] | None = None, security_opt: list[str] | None = None,
-              user: str = "", tty: bool = False) -> "RunOptions":
+              user: str = "", tty: bool = False, interactive: bool = False) -> "RunOptions":
         """Validate user input before anything is created."""
         if isinstance(args, str):
             args = ["sh", "-c", args]
@@ -92,6 +93,7 @@ class RunOptions:
                    pids_limit=int(pids_limit) if pids_limit is not None else None,
                    readonly=readonly, remove=remove, init=bool(init), privileged=bool(privileged),
                    capabilities=capabilities, no_new_privileges=no_new_privileges, user=user or "", tty=bool(tty),
+                   interactive=bool(interactive),
                    # --privileged runs unconfined, unless a profile was asked for by name: never ignore one
                    seccomp_profile=seccomp_profile if not privileged or any(
                        o.startswith(("seccomp=", "seccomp:")) for o in security_opt or []) else None)
@@ -213,6 +215,8 @@ def spec_for(record: ContainerRecord, image: Image, lowers: list[str], opts: Run
                          seccomp=None if opts.seccomp_profile is None
                          else profile_to_oci(opts.seccomp_profile, opts.capabilities))
     spec.user = resolve_user(opts.user or cfg.get("User") or "", lowers)
+    if not any(e.startswith("HOME=") for e in spec.env):   # as Docker: the user's home, from the image's passwd
+        spec.env.append(f"HOME={home_of(spec.user[0], lowers)}")
     spec.terminal = opts.tty
     if opts.privileged:   # as Docker's --privileged: nothing of the kernel is hidden or protected
         spec.masked_paths, spec.readonly_paths, spec.sys_readonly = (), (), False
@@ -230,6 +234,12 @@ def _image_file(lowers: list[str], rel: str) -> list[list[str]]:
             except OSError:
                 return []
     return []
+
+
+def home_of(uid: int, lowers: list[str]) -> str:
+    """The home directory /etc/passwd gives ``uid``; /root for root and / otherwise if it has none."""
+    entry = next((e for e in _image_file(lowers, "etc/passwd") if len(e) > 5 and e[2] == str(uid)), None)
+    return entry[5] if entry is not None and entry[5] else ("/root" if uid == 0 else "/")
 
 
 def resolve_user(user: str, lowers: list[str]) -> tuple[int, int, tuple[int, ...]]:
@@ -280,6 +290,7 @@ def prepare(opts: RunOptions, image: Image | None = None) -> tuple[ContainerReco
                            readonly=opts.readonly, memory=opts.memory, cpus=opts.cpus, pids_limit=opts.pids_limit,
                            init=opts.init, privileged=opts.privileged, capabilities=list(opts.capabilities),
                            no_new_privileges=opts.no_new_privileges, auto_remove=opts.remove,
+                           interactive=opts.interactive, tty=opts.tty,
                            durable=not opts.remove)
     cgroup = open_cgroup(cgroup_name(record.id))
     try:
@@ -420,6 +431,7 @@ def _start(record: ContainerRecord, spec: ContainerSpec, stdio: tuple[int, int, 
     state = record.read_state()
     state.status, state.pid, state.started_at = "running", proc.init_pid, time.time()
     state.exit_code, state.oom_killed, state.finished_at = None, False, 0.0   # a restart's fresh run
+    state.monitor_pid = os.getpid()   # who watches it: the monitor, or the CLI or kernel of a foreground run
     record.write_state(state)
     return proc
 

@@ -104,3 +104,71 @@ def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+DETACH_KEYS = b"\x10\x11"   # Ctrl-P Ctrl-Q: leave the container running, as docker attach does
+
+
+def attach(ref: str, *, send_stdin: bool = True, stdin: int = 0, stdout: int = 1, stderr: int = 2) -> int:
+    """attach: the container's output from now on, our keys to its stdin; its exit code at the end.
+
+    Talks to the container's monitor over its attach socket. With a tty, the user's terminal
+    is in raw mode and Ctrl-P Ctrl-Q detaches (the container keeps running; exit code 0).
+    """
+    import socket
+
+    from ..errors import MinicontainerError
+    from .containers import find_record
+    from .monitor import attach_socket
+    from .verbs import _live, wait_for_exit
+
+    record, _ = _live(ref, "attach")
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        conn.connect(str(attach_socket(record.id)))
+    except OSError:
+        raise MinicontainerError(f"container {ref} has no attach socket: only a container started with run -d "
+                                 "or start can be attached to") from None
+    raw = record.tty and os.isatty(stdin)
+    saved = termios.tcgetattr(stdin) if raw else None
+    sel = selectors.DefaultSelector()
+    sel.register(conn, selectors.EVENT_READ)
+    if send_stdin:
+        try:
+            sel.register(stdin, selectors.EVENT_READ)
+        except (ValueError, OSError):
+            send_stdin = False
+    pending, last = b"", b""
+    try:
+        if raw:
+            tty.setraw(stdin)
+        while True:
+            for key, _ in sel.select():
+                if key.fileobj is conn:
+                    data = conn.recv(65536)
+                    if not data:
+                        state = wait_for_exit(record)
+                        return state.exit_code if state is not None and state.exit_code is not None else 0
+                    if record.tty:
+                        _write_all(stdout, data)
+                        continue
+                    pending += data
+                    while len(pending) >= 8 and len(pending) >= 8 + int.from_bytes(pending[4:8], "big"):
+                        size = int.from_bytes(pending[4:8], "big")
+                        _write_all(stdout if pending[0] == 1 else stderr, pending[8:8 + size])
+                        pending = pending[8 + size:]
+                else:
+                    data = os.read(stdin, 65536)
+                    if not data:
+                        sel.unregister(stdin)
+                        conn.shutdown(socket.SHUT_WR)
+                        continue
+                    if record.tty and DETACH_KEYS in last[-1:] + data:
+                        return 0   # detached: the container runs on
+                    last = data
+                    conn.sendall(data)
+    finally:
+        sel.close()
+        conn.close()
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)

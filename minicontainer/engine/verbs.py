@@ -54,8 +54,9 @@ def reconcile(record: ContainerRecord) -> ContainerState | None:
     if state.status not in ("running", "paused"):
         return state
     watcher = state.monitor_pid or state.pid
-    if _alive(watcher) and _alive(state.pid):
-        return state
+    if _alive(watcher):
+        return state   # whoever watches it will record its end
+
     with file_lock(containers_dir() / ".lock"):
         state = record.read_state()    # the monitor may have recorded the exit meanwhile
         if state.status not in ("running", "paused"):
