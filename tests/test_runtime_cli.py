@@ -772,3 +772,25 @@ def test_exec_joins_the_containers_namespaces_cgroup_and_profile_as_runc_exec_do
                                   "COMMAND\nsleep\nsh\nps\n<the init's netns>\n", "")
     assert seen["ours"][6] == (255, 'exec failed: unable to start container process: exec: "nosuch": '
                                     'executable file not found in $PATH')
+
+
+@needs_runc
+def test_nothing_in_a_created_container_can_open_the_runtimes_own_binary(work, ours, runc):
+    # until start, PID 1 is the runtime's init (the host's Python for us, runc's binary for runc):
+    # a process exec'd into the container must not be able to open it (the runc CVE-2019-5736 class)
+    bundle = _bundle(work / "b", work / "rootfs", ["sleep", "1000"])
+    _edit(bundle, lambda c: c["process"]["capabilities"].update(
+        {key: ["CAP_DAC_OVERRIDE", "CAP_KILL", "CAP_CHOWN"] for key in ("bounding", "effective", "permitted")}))
+    seen = {}
+    cid = _id()
+    for rt in (ours, runc):
+        try:
+            rt("create", "--bundle", str(bundle), cid)
+            seen[rt.name] = rt("exec", cid, "sh", "-c", "echo x 2>/dev/null >> /proc/1/exe; echo write=$?; "
+                                                        "cat /proc/1/exe > /dev/null 2>&1; echo read=$?")[:2]
+        finally:
+            rt.cleanup(cid)
+    # runc's init is a sealed memfd copy of runc (readable, never writable); ours is the host's
+    # Python made non-dumpable: the container can't even open it
+    assert seen["runc"] == (0, "write=1\nread=0\n")
+    assert seen["ours"] == (0, "write=1\nread=1\n")

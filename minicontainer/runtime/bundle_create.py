@@ -215,6 +215,7 @@ def launch(config: BundleConfig, container: Container, cgroup: Cgroup) -> int:
     if pid == 0:
         ours.close()
         gc.disable()   # the children only make syscalls and exec: a collection would copy the heap
+        not_dumpable()
         _namespace_child(config, theirs.detach(), fifo_fd)
     theirs.close()
     os.close(fifo_fd)
@@ -371,6 +372,22 @@ def _report(channel: bundle_init.Channel, exc: BaseException) -> None:
         channel.send({"error": message.splitlines()[0] if message else type(exc).__name__})
     except OSError:
         pass
+
+
+PR_SET_DUMPABLE = 4
+
+
+def not_dumpable() -> None:
+    """prctl(PR_SET_DUMPABLE, 0) in a child that will enter the container, until its execve.
+
+    Until then it runs the host's Python: /proc/PID/exe is the host's interpreter. A
+    non-dumpable process's /proc files belong to root and need CAP_SYS_PTRACE to open, which
+    a container's processes lack, so nothing inside can open that binary (runc's init does
+    the same). execve makes the command dumpable again.
+    """
+    from ..kernel.syscalls import libc
+
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
 def sigkill(pid: int) -> None:

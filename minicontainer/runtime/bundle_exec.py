@@ -25,6 +25,7 @@ import json
 import os
 import signal
 
+from .bundle_create import not_dumpable
 from .bundle_state import RuntimeFailure, load, process_start_time
 
 # the order runc joins them in: the user namespace first, so the rest are joined from inside it
@@ -129,6 +130,7 @@ def _start(container, config) -> int:
     child = os.fork()
     if child == 0:
         ours.close()
+        not_dumpable()   # the host's Python until execve: nothing in the container may open /proc/PID/exe
         _join_and_fork(container, config, bundle_init.Channel(theirs.detach()))
     theirs.close()
     channel = bundle_init.Channel(ours.fileno())
