@@ -221,11 +221,15 @@ def test_seccomp_options_reach_the_container(tmp_path):
 
 
 def test_inspect_shows_a_containers_bundle_and_still_finds_images(engine_root):
-    assert mc("run", "--name", "kept", "busybox", "true").returncode == 0
+    assert mc("run", "--name", "kept", "-v", "/etc:/host-etc:ro", "busybox", "true").returncode == 0
     shown = json.loads(mc("inspect", "kept").stdout)[0]
     assert shown["Name"] == "/kept" and shown["State"]["Status"] == "exited" and shown["State"]["ExitCode"] == 0
+    assert shown["Mounts"] == [{"Type": "bind", "Source": "/etc", "Destination": "/host-etc", "Mode": "ro", "RW": False,
+                                "Propagation": "rprivate"}]
     config = json.loads(open(shown["Bundle"]["Config"]).read())   # the OCI config.json the runtime ran
     assert config["process"]["args"] == ["true"] and shown["Bundle"]["Path"].endswith("/bundle")
+    assert shown["GraphDriver"]["Data"]["UpperDir"].endswith(shown["Id"] + "/upper")
+    assert shown["GraphDriver"]["Data"]["LowerDir"] == config["annotations"]["org.minicontainer.overlay.lowerdir"]
     assert json.loads(mc("inspect", shown["Id"][:10]).stdout)[0]["Id"] == shown["Id"]   # a unique id prefix
     assert json.loads(mc("inspect", "busybox").stdout)[0]["RepoTags"] == ["busybox:latest"]
     missing = mc("inspect", "nothing-here")

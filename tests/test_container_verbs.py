@@ -389,3 +389,10 @@ def test_commit_turns_a_containers_changes_into_a_new_layer_with_whiteouts():
     mc("rm", "changed")
     bad = mc("commit", "changed", "Bad:Name", check=False)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr
+
+
+def test_logs_follow_prints_new_lines_and_ends_with_the_container():
+    cid = mc("run", "-d", "busybox", "sh", "-c", "for i in 1 2 3; do echo tick$i; sleep 0.3; done").stdout.strip()
+    followed = subprocess.run(CLI + ["logs", "-f", cid], capture_output=True, text=True, timeout=60)
+    assert followed.stdout == "tick1\ntick2\ntick3\n", followed.stdout
+    mc("rm", cid)

@@ -180,6 +180,24 @@ def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t)) if t else "0001-01-01T00:00:00Z"
 
 
+def _graph_driver(record: ContainerRecord) -> dict:
+    """The overlay's directories, as docker inspect's GraphDriver.Data shows them."""
+    try:
+        notes = json.loads((record.dir / "bundle" / "config.json").read_text()).get("annotations", {})
+    except (FileNotFoundError, ValueError):
+        notes = {}
+    return {"LowerDir": notes.get("org.minicontainer.overlay.lowerdir", ""),
+            "UpperDir": str(record.dir / "upper"), "WorkDir": str(record.dir / "work"),
+            "MergedDir": str(record.dir / "rootfs")}
+
+
+def _mount(volume: str) -> dict:
+    source, _, rest = volume.partition(":")
+    destination, _, mode = rest.partition(":")
+    return {"Type": "bind", "Source": source, "Destination": destination, "Mode": mode, "RW": mode != "ro",
+            "Propagation": "rprivate"}
+
+
 def inspect_container(ref: str) -> dict:
     """docker container inspect's main fields, plus where the container's OCI bundle is."""
     record = find_record(ref)
@@ -197,10 +215,12 @@ def inspect_container(ref: str) -> dict:
                   "FinishedAt": _iso(state.finished_at)},
         "Image": record.image_id,
         "Config": {"Image": record.image, "Hostname": record.hostname or record.id[:12], "Env": record.env,
-                   "Cmd": record.args, "WorkingDir": record.cwd},
+                   "Cmd": record.args, "WorkingDir": record.cwd, "Tty": record.tty, "OpenStdin": record.interactive},
         "HostConfig": {"Privileged": record.privileged, "ReadonlyRootfs": record.readonly,
                        "Memory": record.memory or 0, "NanoCpus": int((record.cpus or 0) * 1e9),
                        "PidsLimit": record.pids_limit, "Init": record.init, "Binds": record.volumes},
+        "GraphDriver": {"Name": "overlay", "Data": _graph_driver(record)},
+        "Mounts": [_mount(v) for v in record.volumes],
         # minicontainer's own: the OCI runtime bundle this container is run from (runc run --bundle)
         "Bundle": {"Path": str(bundle), "Config": str(bundle / "config.json")},
         "Capabilities": record.capabilities,
