@@ -33,6 +33,7 @@ test-v2: compile
 bench: compile
 	$(PY) bench/run_latency.py
 	$(PY) bench/lifecycle.py
+	$(PY) bench/build.py
 
 # layer unpack vs umoci, our registry client vs skopeo, our registry vs docker-registry (several minutes)
 bench-images: compile
