@@ -318,3 +318,10 @@ def test_home_is_the_users_home_from_the_images_passwd():
     assert minicontainer.run("busybox", "echo $HOME").stdout == "/root\n"
     assert minicontainer.run("busybox", "echo $HOME", user="nobody").stdout == "/nonexistent\n"
     assert minicontainer.run("busybox", "echo $HOME", env=["HOME=/tmp"]).stdout == "/tmp\n"
+
+
+def test_the_command_gets_default_signal_handling_not_pythons():
+    # Python ignores SIGPIPE and SIGXFSZ; execve would keep them ignored
+    ignored = minicontainer.run("busybox", "grep SigIgn /proc/self/status").stdout.split()[1]
+    assert int(ignored, 16) & (1 << (13 - 1) | 1 << (25 - 1)) == 0, ignored
+    assert minicontainer.run("busybox", "yes | head -n 2").output == "y\ny\n"   # yes ends by SIGPIPE, silently

@@ -25,6 +25,7 @@ import stat
 from ..errors import MinicontainerError
 from ..kernel import mounts, namespaces, security, syscalls as sc
 from ..trace import Step
+from .sealed_exec import exec_sealed
 from .bundle_config import BundleConfig, Mount
 
 # mount(8) option -> (flags to set, flags to clear); the rest go to the filesystem as data
@@ -499,4 +500,4 @@ def exec_process(path: str, config: BundleConfig, home: str) -> None:
     # Python ignores SIGPIPE and SIGXFSZ, and an ignored signal stays ignored across execve
     for sig in (signal.SIGPIPE, signal.SIGXFSZ):
         signal.signal(sig, signal.SIG_DFL)
-    os.execve(path, config.args, env)
+    exec_sealed(path, config.args, env)   # never through the host's Python: see sealed_exec.py

@@ -7,6 +7,7 @@ the one runc follows.
 from __future__ import annotations
 
 import os
+import signal
 import stat
 
 from ..errors import MinicontainerError
@@ -122,6 +123,10 @@ _ELF_MACHINE = {"x86_64": 62, "aarch64": 183}
 
 def _execve(path: str, args: list[str], env: list[str]) -> None:
     env_map = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    # Python ignores SIGPIPE and SIGXFSZ, and execve keeps an ignored signal ignored: the
+    # command must get the defaults (`yes | head` ends by SIGPIPE, not by EPIPE errors)
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
     try:
         # never a plain execve: see sealed_exec.py for why /proc/self/exe must not be the host's Python then
         exec_sealed(path, args, env_map)

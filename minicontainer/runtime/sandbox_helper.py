@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -69,6 +70,8 @@ def _run(args: list[str], env: list[str], cwd: str, spec: ContainerSpec) -> dict
         if program and spec.no_new_privileges:
             syscalls.set_seccomp_filter(program)
         syscalls.close_range_cloexec(3)   # subprocess would close the rest after this hook; we exec here
+        for sig in (signal.SIGPIPE, signal.SIGXFSZ):   # Python ignores them; the command must not
+            signal.signal(sig, signal.SIG_DFL)
         exec_sealed(path, args, env_map)
 
     done = step.do(lambda: subprocess.run(args, capture_output=True, cwd=cwd, text=True,
