@@ -112,20 +112,4 @@ def exec_in_container(pid: int, spec: ContainerSpec, stdio: tuple[int, int, int]
         for fd in (trace_r, status_r, *close_in_child):
             os.close(fd)
         _helper(pid, spec, trace_w, status_w, stdio, sorted({fd for fd in stdio if fd > 2}))
-    os.close(trace_w)
-    os.close(status_w)
-    steps, error = process._collect_steps(trace_r)
-    os.close(trace_r)
-    active = trace.active()
-    if active is not None:
-        active.extend(steps)
-    if error is not None:
-        os.close(status_r)
-        process._waitpid(helper)
-        raise process.ContainerStartError(error["error"], error.get("exit_code", 126))
-    first = process._read_line(status_r)
-    if not first:
-        os.close(status_r)
-        process._waitpid(helper)
-        raise process.ContainerStartError("the exec helper died before starting the command")
-    return process.ContainerProcess(json.loads(first)["init_pid"], helper, status_r, steps)
+    return process.await_exec(helper, trace_r, trace_w, status_r, status_w, "the exec helper", exit_code=126)

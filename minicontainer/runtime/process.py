@@ -280,6 +280,13 @@ def start_container(spec: ContainerSpec, stdio: tuple[int, int, int] = (0, 1, 2)
             os.close(fd)
         _setup_child(spec, trace_w, status_w, stdio, sorted({fd for fd in stdio if fd > 2}))   # a pty: one fd thrice
     step.result = f"setup child is host pid {pid}"
+    return await_exec(pid, trace_r, trace_w, status_r, status_w, "the container's setup process")
+
+
+def await_exec(child: int, trace_r: int, trace_w: int, status_r: int, status_w: int, who: str,
+               exit_code: int = 125) -> ContainerProcess:
+    """In the engine, after forking ``child``: collect its steps until the command exec'd (EOF
+    on the close-on-exec pipe), then the started process's pid; or raise the reported error."""
     os.close(trace_w)
     os.close(status_w)
     steps, error = _collect_steps(trace_r)
@@ -289,14 +296,14 @@ def start_container(spec: ContainerSpec, stdio: tuple[int, int, int] = (0, 1, 2)
         active.extend(steps)
     if error is not None:
         os.close(status_r)
-        _waitpid(pid)
-        raise ContainerStartError(error["error"], error.get("exit_code", 125))
+        _waitpid(child)
+        raise ContainerStartError(error["error"], error.get("exit_code", exit_code))
     first = _read_line(status_r)
     if not first:
         os.close(status_r)
-        _waitpid(pid)
-        raise ContainerStartError("the container's setup process died before starting its command")
-    return ContainerProcess(json.loads(first)["init_pid"], pid, status_r, steps)
+        _waitpid(child)
+        raise ContainerStartError(f"{who} died before starting its command")
+    return ContainerProcess(json.loads(first)["init_pid"], child, status_r, steps)
 
 
 def _read_line(fd: int) -> bytes:
