@@ -51,6 +51,16 @@ class Mount:
 
 
 @dataclass
+class CgroupFile:
+    """A cgroup v1 interface file that one field of linux.resources is written to."""
+
+    field: str        # the config.json field, for errors: "linux.resources.cpu.shares"
+    controller: str   # the hierarchy it lives in: "cpu", "cpuset", "memory"
+    name: str         # "cpu.shares"
+    value: str
+
+
+@dataclass
 class IdMapping:
     """One line of /proc/PID/uid_map: container ids [inside, inside+size) are host ids from ``host``."""
 
@@ -83,9 +93,12 @@ class BundleConfig:
     mounts: list[Mount] = field(default_factory=list)
     hooks: dict[str, list[Hook]] = field(default_factory=dict)
     namespaces: dict[str, str] = field(default_factory=dict)   # our kind -> path to join ("" = new)
+    shares_mounts: bool = False   # no mount namespace of its own: its mounts are the runtime's (the host's)
     memory: int | None = None
-    cpus: float | None = None
+    cpu_quota: int | None = None     # microseconds of CPU time per period
+    cpu_period: int | None = None    # microseconds; the kernel's default is 100000
     pids: int | None = None
+    cgroup_files: list[CgroupFile] = field(default_factory=list)   # the other linux.resources, as v1 files
     devices: tuple[DeviceRule, ...] | None = None   # None: every device allowed
     cgroups_path: str = ""
     masked_paths: list[str] = field(default_factory=list)
@@ -115,9 +128,8 @@ UNSUPPORTED = {
     "process.user": ("username",),
     "linux": ("timeOffsets", "netDevices", "intelRdt", "mountLabel", "personality", "memoryPolicy"),
     "linux.resources": ("blockIO", "hugepageLimits", "network", "rdma", "unified"),
-    "linux.resources.memory": ("reservation", "swap", "kernel", "kernelTCP", "swappiness", "disableOOMKiller",
-                               "useHierarchy", "checkBeforeUpdate"),
-    "linux.resources.cpu": ("shares", "burst", "realtimeRuntime", "realtimePeriod", "cpus", "mems", "idle"),
+    "linux.resources.memory": ("useHierarchy", "checkBeforeUpdate"),
+    "linux.resources.cpu": ("burst", "idle"),
 }
 SEMVER = re.compile(r"^1\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$")
 
@@ -284,10 +296,8 @@ def _parse_linux(config: BundleConfig, linux: dict) -> None:
             raise refuse(f"linux.namespaces[{i}].path", f"{path!r} does not exist: name a /proc/PID/ns/* file "
                                                         "or a bind-mounted namespace")
         config.namespaces[kind] = path
-    if "mnt" not in config.namespaces or config.namespaces["mnt"]:
-        raise refuse("linux.namespaces", "has no new mount namespace: the runtime mounts the root filesystem "
-                                         "and pivots into it, so add {\"type\": \"mount\"}")
-    if config.hostname and ("uts" not in config.namespaces or config.namespaces["uts"]):
+    config.shares_mounts = shares_runtime_mount_namespace(config.namespaces)
+    if config.hostname and "uts" not in config.namespaces:   # one joined by path is the container's too (runc)
         raise InvalidArgument("unable to set hostname without a private UTS namespace")   # runc's words
     _parse_resources(config, linux.get("resources") or {})
     config.cgroups_path = linux.get("cgroupsPath") or ""
@@ -323,6 +333,17 @@ def _parse_linux(config: BundleConfig, linux: dict) -> None:
         config.seccomp = dict(linux["seccomp"])
 
 
+def shares_runtime_mount_namespace(namespaces: dict[str, str]) -> bool:
+    """Does the container stay in the runtime's own mount namespace (none listed, or a path to ours)?"""
+    if "mnt" not in namespaces:
+        return True
+    path = namespaces["mnt"]
+    if not path:
+        return False
+    theirs, ours = os.stat(path), os.stat("/proc/self/ns/mnt")
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
+
 def _check_sysctl(config: BundleConfig, key: str) -> None:
     """Only sysctls that belong to one of the container's own namespaces (runc's rule)."""
     own = lambda kind: kind in config.namespaces and not config.namespaces[kind]  # noqa: E731
@@ -349,24 +370,53 @@ def _mapping(field_name: str, m: dict) -> IdMapping:
 
 
 def _parse_resources(config: BundleConfig, resources: dict) -> None:
-    """linux.resources: memory.limit, cpu.quota/period, pids.limit and devices; refuse the rest by name."""
+    """linux.resources: memory, cpu, pids and devices; refuse the rest by name."""
     refuse_unsupported("linux.resources", resources)
-    memory = resources.get("memory") or {}
-    refuse_unsupported("linux.resources.memory", memory)
-    if memory.get("limit") is not None and memory["limit"] >= 0:
-        config.memory = int(memory["limit"])
-    cpu = resources.get("cpu") or {}
-    refuse_unsupported("linux.resources.cpu", cpu)
-    if cpu.get("quota") is not None and cpu["quota"] > 0:
-        period = cpu.get("period") or 100_000
-        if period != 100_000:
-            raise refuse("linux.resources.cpu.period", f"is {period}: minicontainer's runtime sets the kernel's "
-                                                       "default period, 100000; scale the quota to it")
-        config.cpus = cpu["quota"] / period
+    _parse_memory(config, resources.get("memory") or {})
+    _parse_cpu(config, resources.get("cpu") or {})
     pids = resources.get("pids") or {}
     if pids.get("limit") is not None and pids["limit"] > 0:
         config.pids = int(pids["limit"])
     config.devices = device_rules(resources.get("devices") or [])
+
+
+# linux.resources.memory fields -> v1 files, in the order runc writes them (after the limit)
+MEMORY_FILES = (("swap", "memory.memsw.limit_in_bytes"), ("reservation", "memory.soft_limit_in_bytes"),
+                ("kernel", "memory.kmem.limit_in_bytes"), ("kernelTCP", "memory.kmem.tcp.limit_in_bytes"),
+                ("swappiness", "memory.swappiness"))
+
+
+def _parse_memory(config: BundleConfig, memory: dict) -> None:
+    """memory.limit through the engine's driver; swap, reservation, kernel, swappiness, OOM killer as v1 files."""
+    refuse_unsupported("linux.resources.memory", memory)
+    if memory.get("limit") is not None and memory["limit"] >= 0:
+        config.memory = int(memory["limit"])
+    for key, name in MEMORY_FILES:
+        if memory.get(key) is not None:
+            config.cgroup_files.append(CgroupFile(f"linux.resources.memory.{key}", "memory", name,
+                                                  str(int(memory[key]))))
+    if memory.get("disableOOMKiller"):
+        config.cgroup_files.append(CgroupFile("linux.resources.memory.disableOOMKiller", "memory",
+                                              "memory.oom_control", "1"))
+
+
+# linux.resources.cpu fields -> v1 files, in the order runc writes them (shares, then quota and period)
+CPU_FILES = (("shares", "cpu", "cpu.shares"), ("realtimePeriod", "cpu", "cpu.rt_period_us"),
+             ("realtimeRuntime", "cpu", "cpu.rt_runtime_us"), ("cpus", "cpuset", "cpuset.cpus"),
+             ("mems", "cpuset", "cpuset.mems"))
+
+
+def _parse_cpu(config: BundleConfig, cpu: dict) -> None:
+    """cpu.quota and period (cpu.max on v2); shares, realtime and cpuset as v1 files."""
+    refuse_unsupported("linux.resources.cpu", cpu)
+    if cpu.get("period"):
+        config.cpu_period = int(cpu["period"])
+    if cpu.get("quota") is not None and cpu["quota"] > 0:
+        config.cpu_quota = int(cpu["quota"])
+    for key, controller, name in CPU_FILES:
+        if cpu.get(key) not in (None, ""):
+            value = cpu[key] if isinstance(cpu[key], str) else str(int(cpu[key]))
+            config.cgroup_files.append(CgroupFile(f"linux.resources.cpu.{key}", controller, name, value))
 
 
 # runc adds these to every container's device allow-list, whatever config.json says

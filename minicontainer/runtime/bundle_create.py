@@ -64,15 +64,20 @@ def cgroup_for(config: BundleConfig, container_id: str) -> tuple[Cgroup, list[st
 
     default = cgroups.open_cgroup(name)
     path = config.cgroups_path
-    if not path:
+    needs_cpuset = default.version == 1 and any(f.controller == "cpuset" for f in config.cgroup_files)
+    if not path and not needs_cpuset:
         return default, []
     if default.version == 2:
         base = os.path.dirname(default.paths()["unified"]) if not path.startswith("/") else cgroups.DEFAULT_ROOT
         paths = {"unified": os.path.join(base, path.lstrip("/"))}
     else:
-        own = {} if path.startswith("/") else cgroups.read_own_cgroups()
-        bases = cgroups.v1_cgroup_dirs(name, cgroups.read_mounts(), own)
-        paths = {c: os.path.join(os.path.dirname(d), path.lstrip("/")) for c, d in bases.items()}
+        paths = default.paths()
+        if needs_cpuset:   # the engine's driver leaves cpuset alone; cpu.cpus and cpu.mems need it
+            own = cgroups.read_own_cgroups()
+            paths["cpuset"] = os.path.join(v1_hierarchy_dir("cpuset", own), os.path.basename(paths["memory"]))
+        if path:
+            own = {} if path.startswith("/") else cgroups.read_own_cgroups()
+            paths = {c: os.path.join(v1_hierarchy_dir(c, own), path.lstrip("/")) for c in paths}
     parents = []
     for directory in dict.fromkeys(paths.values()):
         parent = os.path.dirname(directory)
@@ -82,6 +87,22 @@ def cgroup_for(config: BundleConfig, container_id: str) -> tuple[Cgroup, list[st
             parent = os.path.dirname(parent)
         parents += reversed(missing)
     return cgroups.open_cgroup(name, paths=paths), parents
+
+
+def v1_hierarchy_dir(controller: str, own: dict[str, str]) -> str:
+    """The directory of ``own[controller]`` (or the root) in the v1 hierarchy that carries ``controller``."""
+    from ..kernel import cgroups
+
+    for mount in cgroups.read_mounts():
+        if mount.fstype == "cgroup" and controller in mount.super_options \
+                and mount.mount_point.startswith(cgroups.DEFAULT_ROOT + "/"):
+            own_path = own.get(controller, "/")
+            # /proc/self/cgroup is relative to the hierarchy's root; the mount may show a subtree of it
+            if mount.root != "/" and (own_path + "/").startswith(mount.root.rstrip("/") + "/"):
+                own_path = own_path[len(mount.root):] or "/"
+            return os.path.join(mount.mount_point, own_path.lstrip("/"))
+    raise RuntimeFailure(f"no cgroup v1 hierarchy carries the {controller} controller here: mount one with "
+                         f"`mount -t cgroup -o {controller} cgroup /sys/fs/cgroup/{controller}`")
 
 
 def set_up_cgroup(config: BundleConfig, cgroup: Cgroup, parents: list[str]) -> None:
@@ -94,7 +115,11 @@ def set_up_cgroup(config: BundleConfig, cgroup: Cgroup, parents: list[str]) -> N
             os.mkdir(parent)
             made.append(parent)
         cgroup.create()
-        cgroup.set_limits(cgroups.Limits(memory=config.memory, cpus=config.cpus, pids=config.pids))
+        if "cpuset" in cgroup.paths():
+            inherit_cpuset(cgroup.paths()["cpuset"])
+        cgroup.set_limits(cgroups.Limits(memory=config.memory, pids=config.pids))
+        set_cpu_bandwidth(config, cgroup)
+        write_cgroup_files(config, cgroup)
         if config.devices is not None:
             cgroup.allow_devices(config.devices)
     except BaseException:
@@ -102,6 +127,68 @@ def set_up_cgroup(config: BundleConfig, cgroup: Cgroup, parents: list[str]) -> N
         for parent in reversed(made):
             os.rmdir(parent)
         raise
+
+
+def inherit_cpuset(directory: str) -> None:
+    """Fill an empty cpuset.cpus and cpuset.mems from the parent's, top down to ``directory``.
+
+    A new v1 cpuset cgroup starts with no CPUs and no memory nodes, and the kernel refuses
+    to move a process into it (ENOSPC) until both are set; runc copies the parent's too.
+    """
+    from ..kernel import cgroups
+
+    parent = os.path.dirname(directory)
+    if os.path.exists(os.path.join(parent, "cpuset.cpus")):
+        inherit_cpuset(parent)
+    for name in ("cpuset.cpus", "cpuset.mems"):
+        with open(os.path.join(directory, name)) as f:
+            if f.read().strip():
+                continue
+        with open(os.path.join(parent, name)) as f:
+            value = f.read().strip()
+        cgroups.write_cgroup_file(os.path.join(directory, name), value,
+                                  "a new cpuset cgroup has no CPUs or memory nodes: take the parent's")
+
+
+def set_cpu_bandwidth(config: BundleConfig, cgroup: Cgroup) -> None:
+    """linux.resources.cpu period and quota: cpu.cfs_period_us and cpu.cfs_quota_us (v1), cpu.max (v2)."""
+    from ..kernel import cgroups
+
+    if config.cpu_quota is None and config.cpu_period is None:
+        return
+    period = config.cpu_period or cgroups.CFS_PERIOD_US
+    why = f"CFS lets the cgroup run {config.cpu_quota or 'unlimited'} us of CPU time in every period of {period} us"
+    if cgroup.version == 2:
+        cgroups.write_cgroup_file(os.path.join(cgroup.paths()["unified"], "cpu.max"),
+                                  f"{config.cpu_quota or 'max'} {period}", why)
+        return
+    cpu = cgroup.paths()["cpu"]
+    cgroups.write_cgroup_file(os.path.join(cpu, "cpu.cfs_period_us"), str(period), why)
+    if config.cpu_quota is not None:
+        cgroups.write_cgroup_file(os.path.join(cpu, "cpu.cfs_quota_us"), str(config.cpu_quota), why)
+
+
+def write_cgroup_files(config: BundleConfig, cgroup: Cgroup) -> None:
+    """The rest of linux.resources, each written to its v1 file (the kernel checks the value)."""
+    from ..kernel import cgroups
+
+    if config.cgroup_files and cgroup.version == 2:
+        raise RuntimeFailure(f"config.json: {config.cgroup_files[0].field} is set, but minicontainer's runtime "
+                             "writes it on cgroup v1 only and this host has cgroup v2; remove it")
+    for setting in config.cgroup_files:
+        path = os.path.join(cgroup.paths()[setting.controller], setting.name)
+        if not os.path.exists(path):   # e.g. cpu.rt_runtime_us without CONFIG_RT_GROUP_SCHED
+            raise RuntimeFailure(f"config.json: {setting.field} needs {setting.name}, which this kernel does not "
+                                 "have; remove it")
+        cgroups.write_cgroup_file(path, setting.value, f"{setting.field} from config.json")
+        if setting.name == "memory.kmem.limit_in_bytes" and _read_first(path) != setting.value:
+            warn(f"{setting.field}: the kernel accepted {setting.value} but ignores it (kernel memory limits "
+                 "are deprecated in cgroup v1)")
+
+
+def _read_first(path: str) -> str:
+    with open(path) as f:
+        return f.readline().strip()
 
 
 # ---- hooks --------------------------------------------------------------------------------
@@ -183,6 +270,9 @@ def create(root: str, container_id: str, bundle: str, pid_file: str | None = Non
             seccomp.compile_filter(config.seccomp)
         os.mkfifo(container.fifo, 0o622)
         os.chmod(container.fifo, 0o622)   # mkfifo honours the umask; the init may write as any user
+        if config.shares_mounts and "mnt" not in config.namespaces:
+            record.host_root_mounts = mounts_at(config.rootfs)
+            container.save()
         init_pid = launch(config, container, cgroup)
         container.save()
         if pid_file:
@@ -196,8 +286,35 @@ def create(root: str, container_id: str, bundle: str, pid_file: str | None = Non
             cgroup.remove()
             for parent in reversed(parents):
                 os.rmdir(parent)
+        if os.path.exists(os.path.join(state_dir, "state.json")):
+            release_host_mounts(container.record)
         shutil.rmtree(state_dir, ignore_errors=True)
         raise
+
+
+def mounts_at(path: str) -> int:
+    """How many mounts are stacked at ``path`` in the runtime's mount namespace."""
+    from ..kernel import cgroups
+
+    path = os.path.realpath(path)   # mountinfo shows the path the kernel resolved
+    return sum(1 for m in cgroups.read_mounts() if m.mount_point == path)
+
+
+def release_host_mounts(record: ContainerRecord) -> None:
+    """A container without a mount namespace mounted its root (and all under it) in the host's: detach it.
+
+    The kernel won't do it for us, as it does when a mount namespace dies; runc leaves them.
+    One lazy umount2 of the root mount takes every mount beneath it along.
+    """
+    if record.host_root_mounts < 0:
+        return
+    from ..kernel import syscalls
+
+    for _ in range(mounts_at(record.rootfs) - record.host_root_mounts):
+        step = trace.Step("umount_rootfs", call=f'umount2("{record.rootfs}", MNT_DETACH)',
+                          shell=f"umount -l {record.rootfs}",
+                          why="the container shared the host's mount namespace: its mounts are the host's to remove")
+        step.do(syscalls.umount2, record.rootfs, syscalls.MNT_DETACH)
 
 
 def launch(config: BundleConfig, container: Container, cgroup: Cgroup) -> int:

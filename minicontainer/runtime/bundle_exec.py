@@ -164,6 +164,9 @@ def _join_and_fork(container, config, channel) -> None:
         for kind, name in JOIN_ORDER:   # opened first: after joining the mount namespace, /proc is the container's
             if os.readlink(f"/proc/{init}/ns/{name}") != os.readlink(f"/proc/self/ns/{name}"):
                 fds.append((kind, os.open(f"/proc/{init}/ns/{name}", os.O_RDONLY | os.O_CLOEXEC)))
+        root_fd = None
+        if not any(kind == "mnt" for kind, _ in fds):   # it shares our mount namespace: its root is a chroot
+            root_fd = os.open(f"/proc/{init}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         if process_start_time(init) != container.record.init_start:
             raise RuntimeFailure("the container's init exited")
         cgroup = container.cgroup()
@@ -172,6 +175,10 @@ def _join_and_fork(container, config, channel) -> None:
         for kind, fd in fds:
             syscalls.setns(fd, flags[kind])
             os.close(fd)
+        if root_fd is not None:   # into the init's root, as it went there: chroot
+            os.fchdir(root_fd)
+            os.chroot(".")
+            os.close(root_fd)
         pid = os.fork()
         if pid == 0:
             _run(config, channel)

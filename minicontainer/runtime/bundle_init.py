@@ -92,8 +92,8 @@ def parse_mount_options(options: list[str]) -> tuple[int, int, str]:
 
 
 # ---- the root filesystem --------------------------------------------------------------
-def set_root_propagation(config: BundleConfig) -> Step:
-    """Before mounting: make / rslave (runc's default) or private, so no mount leaks to the host.
+def set_root_propagation(config: BundleConfig, where: str = "/") -> Step:
+    """Before mounting: make ``where`` rslave (runc's default) or private, so no mount leaks to the host.
 
     A shared or unbindable linux.rootfsPropagation is applied only after pivot_root (see
     :func:`apply_rootfs_propagation`): pivot_root refuses a shared new root, and making the
@@ -102,9 +102,10 @@ def set_root_propagation(config: BundleConfig) -> Step:
     wanted = config.rootfs_propagation
     name = wanted if wanted in ("private", "rprivate", "slave", "rslave") else "rslave"
     flags = PROPAGATION[name]
-    step = Step("make_private", call=f'mount(NULL, "/", NULL, {flags:#x}, NULL)', shell=f"mount --make-{name} /",
+    step = Step("make_private", call=f'mount(NULL, "{where}", NULL, {flags:#x}, NULL)',
+                shell=f"mount --make-{name} {where}",
                 why="mounts made in the container must not propagate back to the host")
-    step.do(sc.mount, None, "/", None, flags)
+    step.do(sc.mount, None, where, None, flags)
     return step
 
 
@@ -410,8 +411,14 @@ def become_user(config: BundleConfig) -> Step:
 
 def build_root(config: BundleConfig, cgroup_dirs: dict[str, str]) -> None:
     """Before pivot_root: propagation, the root mount, every config.json mount, /dev."""
-    set_root_propagation(config)
-    mount_root(config)
+    if config.shares_mounts:
+        # the runtime's own mount namespace: its / is the host's, and stays as it is; only the
+        # container's root mount (ours) gets the propagation
+        mount_root(config)
+        set_root_propagation(config, config.rootfs)
+    else:
+        set_root_propagation(config)
+        mount_root(config)
     for mount in config.mounts:
         mount_entry(config, mount, cgroup_dirs)
     populate_dev(config)
@@ -421,14 +428,35 @@ def build_root(config: BundleConfig, cgroup_dirs: dict[str, str]) -> None:
         os.makedirs(cwd, 0o755)
 
 
+def change_root(rootfs: str) -> Step:
+    """chroot(2) into the rootfs, for a container without a mount namespace of its own (as runc does).
+
+    pivot_root would swap the root of every process in the mount namespace: the host's.
+    chroot changes only this process's root; the host's filesystem stays mounted around it.
+    """
+    step = Step("chroot", call=f'chdir("{rootfs}"); chroot("."); chdir("/")', shell=f"chroot {rootfs}",
+                why="no mount namespace of its own: pivot_root would move the host's root, chroot moves only ours")
+
+    def do() -> None:
+        os.chdir(rootfs)
+        os.chroot(".")
+        os.chdir("/")
+
+    step.do(do)
+    return step
+
+
 def enter_root(config: BundleConfig) -> None:
     """pivot_root, then what needs the container's own view: sysctls, names, read-only and masked paths."""
-    mounts.pivot_root(config.rootfs)
-    mounts.detach_old_root()
+    if config.shares_mounts:
+        change_root(config.rootfs)
+    else:
+        mounts.pivot_root(config.rootfs)
+        mounts.detach_old_root()
     apply_rootfs_propagation(config)
     if config.sysctl:
         write_sysctls(config.sysctl)
-    if "uts" in config.namespaces and not config.namespaces["uts"]:
+    if "uts" in config.namespaces:   # a new one, or one joined by path: it is the container's
         if config.hostname:
             namespaces.set_hostname(config.hostname)
         if config.domainname:

@@ -13,7 +13,7 @@ import shutil
 import signal
 
 from .. import trace
-from .bundle_create import create, hooks_of, reap, run_hooks, sigkill
+from .bundle_create import create, hooks_of, reap, release_host_mounts, run_hooks, sigkill
 # re-exported: the command line takes every verb from here
 from .bundle_state import OCI_VERSION, Container, RuntimeFailure, default_root, list_containers, load  # noqa: F401
 
@@ -135,6 +135,7 @@ def destroy(container: Container) -> None:
                 os.rmdir(parent)
             except OSError:
                 pass   # another container uses it now
+    release_host_mounts(container.record)
     state = container.hook_state("stopped")
     shutil.rmtree(container.dir, ignore_errors=True)
     # the container is gone either way: a failing hook is a warning, the others still run

@@ -72,6 +72,7 @@ class ContainerRecord:
     cgroup_parents: list[str] = field(default_factory=list)   # directories we made for linux.cgroupsPath
     hooks: dict[str, list[dict]] = field(default_factory=dict)
     config: dict = field(default_factory=dict)   # config.json as create read it: later edits don't count
+    host_root_mounts: int = -1          # without a mount namespace: mounts at rootfs before create (ours stack on them)
     creator_pid: int = 0                # the `create` process, while the container is "creating"
     creator_start: int = 0
 
