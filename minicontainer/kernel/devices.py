@@ -149,7 +149,13 @@ def evaluate(program: list[Insn], kind: str, major: int, minor: int, access: str
 class _ProgLoadAttr(ctypes.Structure):
     _fields_ = [("prog_type", ctypes.c_uint32), ("insn_cnt", ctypes.c_uint32), ("insns", ctypes.c_uint64),
                 ("license", ctypes.c_uint64), ("log_level", ctypes.c_uint32), ("log_size", ctypes.c_uint32),
-                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32)]
+                ("log_buf", ctypes.c_uint64), ("kern_version", ctypes.c_uint32), ("prog_flags", ctypes.c_uint32),
+                ("prog_name", ctypes.c_char * 16)]
+
+
+# the name our programs are loaded with (bpftool prog list shows it): systemd loads device
+# programs of its own, and ours must be told apart from them
+PROGRAM_NAME = b"mc_devices"
 
 
 class _ProgAttachAttr(ctypes.Structure):
@@ -176,7 +182,8 @@ def attach_device_program(cgroup_dir: str, program: list[Insn]) -> None:
     def load(log_level: int, log: ctypes.Array | None = None) -> int:
         return _bpf(BPF_PROG_LOAD, _ProgLoadAttr(
             BPF_PROG_TYPE_CGROUP_DEVICE, len(program), ctypes.addressof(insns), ctypes.addressof(license_),
-            log_level, len(log) if log is not None else 0, ctypes.addressof(log) if log is not None else 0, 0, 0))
+            log_level, len(log) if log is not None else 0, ctypes.addressof(log) if log is not None else 0, 0, 0,
+            PROGRAM_NAME))
 
     try:
         prog_fd = load(0)   # no verifier log: a log too small for it would fail the load (ENOSPC)
@@ -208,11 +215,12 @@ class _InfoAttr(ctypes.Structure):
     _fields_ = [("bpf_fd", ctypes.c_uint32), ("info_len", ctypes.c_uint32), ("info", ctypes.c_uint64)]
 
 
-def loaded_device_programs() -> set[int]:
-    """The ids of every device cgroup program loaded in the kernel (``bpftool prog list``, filtered).
+def loaded_device_programs(ours_only: bool = True) -> set[int]:
+    """The ids of the device cgroup programs loaded in the kernel (``bpftool prog list``, filtered):
+    ours (named PROGRAM_NAME), or with ``ours_only=False`` systemd's and everyone's too.
 
     bpf(BPF_PROG_GET_NEXT_ID) walks the ids; for each, BPF_OBJ_GET_INFO_BY_FD reads its
-    type (the first field of struct bpf_prog_info). A program lives while a cgroup holds it.
+    type and name (fields of struct bpf_prog_info). A program lives while a cgroup holds it.
     """
     found, attr = set(), _GetIdAttr(0, 0, 0)
     while libc.syscall(_SYS_BPF, BPF_PROG_GET_NEXT_ID, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
@@ -223,10 +231,11 @@ def loaded_device_programs() -> set[int]:
         if fd < 0:
             continue   # freed since, or not ours to open
         try:
-            info = (ctypes.c_uint32 * 2)()   # prog type, prog id
+            info = ctypes.create_string_buffer(80)   # up to the name: type u32, id u32, …, name[16] at 64
             if libc.syscall(_SYS_BPF, BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(
-                    _InfoAttr(fd, ctypes.sizeof(info), ctypes.addressof(info))), ctypes.sizeof(_InfoAttr)) == 0 \
-                    and info[0] == BPF_PROG_TYPE_CGROUP_DEVICE:
+                    _InfoAttr(fd, len(info), ctypes.addressof(info))), ctypes.sizeof(_InfoAttr)) == 0 \
+                    and int.from_bytes(info.raw[:4], "little") == BPF_PROG_TYPE_CGROUP_DEVICE \
+                    and (not ours_only or info.raw[64:80].rstrip(b"\0") == PROGRAM_NAME):
                 found.add(prog_id)
         finally:
             os.close(fd)
