@@ -42,6 +42,18 @@ def processes_in_session(sid: int) -> list[int]:
     return found
 
 
+def processes_working_under(root: str) -> list[int]:
+    """Pids whose current directory lies under ``root`` (a detached container's monitor and PID 1)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{entry}/cwd").startswith(root):
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
+
+
 def minicontainer_cgroups_of(pid: int) -> set[str]:
     """The names of the minicontainer cgroups ``pid`` is in ("minicontainer-<id>" or "<id>")."""
     try:
@@ -86,7 +98,10 @@ class NotebookRun:
         # down, slowly on a loaded or emulated machine): give it a moment before calling it a leak
         deadline = time.monotonic() + LEFTOVER_GRACE
         while True:
-            pids = [p for p in processes_in_session(self.kernel_pid) if p != self.kernel_pid]
+            # the kernel's session; and detached containers, whose monitors start sessions of
+            # their own but work in the container's directory under this notebook's root
+            pids = sorted({p for p in processes_in_session(self.kernel_pid) if p != self.kernel_pid}
+                          | set(processes_working_under(self.root)))
             if not pids or time.monotonic() > deadline:
                 return {pid: minicontainer_cgroups_of(pid) for pid in pids}
             time.sleep(0.05)
