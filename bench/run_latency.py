@@ -42,15 +42,19 @@ def timed_side_by_side(runners: dict[str, callable], n: int) -> dict[str, list[f
     return out
 
 
-def make_bundle(root: Path, lower: str) -> Path:
-    """An OCI runtime bundle whose rootfs is a copy of the busybox layer, running `true`."""
-    bundle = root / "bundle"
+def make_bundle(root: Path, lower: str, profile: bool = True) -> Path:
+    """An OCI runtime bundle whose rootfs is a copy of the busybox layer, running `true`;
+    with ``profile``, given minicontainer's security profile, else runc spec's default."""
+    bundle = root / ("bundle" if profile else "bundle-runc-default")
     shutil.copytree(lower, bundle / "rootfs", symlinks=True)
     subprocess.run(["runc", "spec"], cwd=bundle, check=True)
     spec = json.loads((bundle / "config.json").read_text())
     spec["process"]["terminal"] = False
     spec["process"]["args"] = ["true"]
     spec["root"]["readonly"] = False
+    if not profile:
+        (bundle / "config.json").write_text(json.dumps(spec))
+        return bundle
     # the profile minicontainer applies, so runc does the same work: 14 capabilities, the seccomp filter
     from minicontainer.kernel.security import DEFAULT_CAPABILITIES
     from minicontainer.runtime.spec import default_seccomp
@@ -101,6 +105,9 @@ def main() -> None:
             counter = iter(range(10**6))
             runners["runc run"] = lambda: subprocess.run(
                 ["runc", "run", "--bundle", str(bundle), f"bench-runc-{next(counter)}"], check=True)
+            plain = make_bundle(tmp, lowers[0], profile=False)
+            runners["runc run (runc spec: no seccomp)"] = lambda: subprocess.run(
+                ["runc", "run", "--bundle", str(plain), f"bench-runc-{next(counter)}"], check=True)
         results = timed_side_by_side(runners, n)
         if shutil.which("crun") and bundle is not None:
             # crun needs its own mount namespace (see the docstring), so it is timed in a
