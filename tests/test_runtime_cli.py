@@ -442,7 +442,10 @@ def test_a_bundle_our_engine_wrote_runs_under_the_runtime(engine_root, work, our
 @pytest.mark.parametrize("change, field", [
     (lambda c: c["process"].update(terminal=True), "process.terminal"),
     (lambda c: c["linux"].update(intelRdt={"closID": "x"}), "linux.intelRdt"),
-    (lambda c: c["linux"]["resources"].update(blockIO={"weight": 10}), "linux.resources.blockIO"),
+    (lambda c: c["linux"]["resources"].update(hugepageLimits=[{"pageSize": "2MB", "limit": 1 << 21}]),
+     "linux.resources.hugepageLimits"),
+    (lambda c: c["linux"]["resources"].update(blockIO={"throttleReadBpsDevice": [{"major": 8, "rate": 1}]}),
+     "linux.resources.blockIO.throttleReadBpsDevice[0]"),
     (lambda c: c["linux"]["resources"].update(memory={"limit": 1 << 26, "useHierarchy": True}),
      "linux.resources.memory.useHierarchy"),
     (lambda c: c["linux"]["resources"].update(cpu={"shares": 512, "idle": 1}), "linux.resources.cpu.idle"),
@@ -611,6 +614,51 @@ def test_cpu_and_memory_resources_are_written_to_their_cgroup_files_as_runc_writ
     assert seen["ours"]["cpu.shares"] == "2048" and seen["ours"]["cpu.cfs_quota_us"] == "200000"
     assert seen["ours"]["memory.memsw.limit_in_bytes"] == str(2 * limit)
     assert seen["ours"]["memory.oom_control"] == "oom_kill_disable 1"
+
+
+def _a_block_device() -> tuple[int, int]:
+    with open("/proc/partitions") as f:
+        major, minor = f.read().splitlines()[2].split()[:2]
+    return int(major), int(minor)
+
+
+@needs_runc
+@pytest.mark.skipif(not os.path.isdir("/sys/fs/cgroup/blkio"), reason="needs the cgroup v1 blkio hierarchy")
+def test_block_io_throttles_are_written_per_device_as_runc_writes_them(work, ours, runc):
+    tag = os.environ["MINICONTAINER_CGROUP_TAG"]
+    major, minor = _a_block_device()
+    bundle = _bundle(work / "b", work / "rootfs", ["true"])
+    _edit(bundle, lambda c: c["linux"]["resources"].update(blockIO={
+        "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1 << 20}],
+        "throttleWriteIOPSDevice": [{"major": major, "minor": minor, "rate": 100}]}))
+    seen = {}
+    for rt in (ours, runc):
+        path = f"/{tag}-{rt.name}-blkio"
+        _edit(bundle, lambda c: c["linux"].update(cgroupsPath=path))
+        cid = _id()
+        try:
+            rc, _, err = rt("create", "--bundle", str(bundle), cid)
+            assert rc == 0, err
+            pid = rt.state(cid)["pid"]
+            seen[rt.name] = [Path(f"/sys/fs/cgroup/blkio{path}/blkio.throttle.{name}").read_text()
+                             for name in ("read_bps_device", "write_iops_device")]
+        finally:
+            rt.cleanup(cid)
+            _wait_until_reaped(pid)
+    assert seen["ours"] == seen["runc"] == [f"{major}:{minor} {1 << 20}\n", f"{major}:{minor} 100\n"]
+
+
+@pytest.mark.skipif(os.path.exists("/sys/fs/cgroup/blkio/blkio.weight")
+                    or os.path.exists("/sys/fs/cgroup/blkio/blkio.bfq.weight"), reason="the kernel has weights here")
+def test_a_block_io_weight_without_its_cgroup_file_is_refused_by_field(work, ours):
+    # runc 1.1 fails here too ("openat2 …/blkio.bfq.weight: no such file or directory")
+    bundle = _bundle(work / "b", work / "rootfs", ["true"])
+    _edit(bundle, lambda c: c["linux"]["resources"].update(blockIO={"weight": 500}))
+    cid = _id()
+    rc, message = ours.error("run", "--bundle", str(bundle), cid)
+    assert (rc, message) == (1, "run failed: config.json: linux.resources.blockIO.weight needs blkio.weight, "
+                                "which this kernel does not have; remove it")
+    assert ours.error("state", cid) == (1, "container does not exist")
 
 
 def _wait_until_reaped(pid: int) -> None:

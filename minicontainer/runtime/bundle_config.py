@@ -127,7 +127,7 @@ UNSUPPORTED = {
     "process": ("commandLine", "apparmorProfile", "scheduler", "selinuxLabel", "ioPriority", "execCPUAffinity"),
     "process.user": ("username",),
     "linux": ("timeOffsets", "netDevices", "intelRdt", "mountLabel", "personality", "memoryPolicy"),
-    "linux.resources": ("blockIO", "hugepageLimits", "network", "rdma", "unified"),
+    "linux.resources": ("hugepageLimits", "network", "rdma", "unified"),
     "linux.resources.memory": ("useHierarchy", "checkBeforeUpdate"),
     "linux.resources.cpu": ("burst", "idle"),
 }
@@ -374,6 +374,7 @@ def _parse_resources(config: BundleConfig, resources: dict) -> None:
     refuse_unsupported("linux.resources", resources)
     _parse_memory(config, resources.get("memory") or {})
     _parse_cpu(config, resources.get("cpu") or {})
+    _parse_block_io(config, resources.get("blockIO") or {})
     pids = resources.get("pids") or {}
     if pids.get("limit") is not None and pids["limit"] > 0:
         config.pids = int(pids["limit"])
@@ -417,6 +418,34 @@ def _parse_cpu(config: BundleConfig, cpu: dict) -> None:
         if cpu.get(key) not in (None, ""):
             value = cpu[key] if isinstance(cpu[key], str) else str(int(cpu[key]))
             config.cgroup_files.append(CgroupFile(f"linux.resources.cpu.{key}", controller, name, value))
+
+
+# linux.resources.blockIO fields -> v1 files of the blkio controller
+BLOCK_IO_FILES = (("weight", "blkio.weight"), ("leafWeight", "blkio.leaf_weight"))
+BLOCK_IO_DEVICE_FILES = (("weightDevice", "weight", "blkio.weight_device"),
+                         ("weightDevice", "leafWeight", "blkio.leaf_weight_device"),
+                         ("throttleReadBpsDevice", "rate", "blkio.throttle.read_bps_device"),
+                         ("throttleWriteBpsDevice", "rate", "blkio.throttle.write_bps_device"),
+                         ("throttleReadIOPSDevice", "rate", "blkio.throttle.read_iops_device"),
+                         ("throttleWriteIOPSDevice", "rate", "blkio.throttle.write_iops_device"))
+
+
+def _parse_block_io(config: BundleConfig, block_io: dict) -> None:
+    """blockIO weights and per-device throttles as v1 files ("MAJOR:MINOR VALUE", one device per write)."""
+    for key, name in BLOCK_IO_FILES:
+        if block_io.get(key) is not None:
+            config.cgroup_files.append(CgroupFile(f"linux.resources.blockIO.{key}", "blkio", name,
+                                                  str(int(block_io[key]))))
+    for key, value_key, name in BLOCK_IO_DEVICE_FILES:
+        for i, device in enumerate(block_io.get(key) or []):
+            if device.get(value_key) is None:
+                continue
+            try:
+                value = f"{int(device['major'])}:{int(device['minor'])} {int(device[value_key])}"
+            except (KeyError, TypeError, ValueError):
+                raise refuse(f"linux.resources.blockIO.{key}[{i}]", f"is {device}: each entry needs major, "
+                                                                    f"minor and {value_key}") from None
+            config.cgroup_files.append(CgroupFile(f"linux.resources.blockIO.{key}[{i}]", "blkio", name, value))
 
 
 # runc adds these to every container's device allow-list, whatever config.json says

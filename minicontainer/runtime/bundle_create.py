@@ -64,17 +64,19 @@ def cgroup_for(config: BundleConfig, container_id: str) -> tuple[Cgroup, list[st
 
     default = cgroups.open_cgroup(name)
     path = config.cgroups_path
-    needs_cpuset = default.version == 1 and any(f.controller == "cpuset" for f in config.cgroup_files)
-    if not path and not needs_cpuset:
+    # the engine's driver leaves cpuset and blkio alone; linux.resources may need them too
+    extra = [] if default.version == 2 else \
+        list(dict.fromkeys(f.controller for f in config.cgroup_files if f.controller not in default.paths()))
+    if not path and not extra:
         return default, []
     if default.version == 2:
         base = os.path.dirname(default.paths()["unified"]) if not path.startswith("/") else cgroups.DEFAULT_ROOT
         paths = {"unified": os.path.join(base, path.lstrip("/"))}
     else:
         paths = default.paths()
-        if needs_cpuset:   # the engine's driver leaves cpuset alone; cpu.cpus and cpu.mems need it
-            own = cgroups.read_own_cgroups()
-            paths["cpuset"] = os.path.join(v1_hierarchy_dir("cpuset", own), os.path.basename(paths["memory"]))
+        for controller in extra:   # named as the engine's driver names the others
+            paths[controller] = os.path.join(v1_hierarchy_dir(controller, cgroups.read_own_cgroups()),
+                                             os.path.basename(paths["memory"]))
         if path:
             own = {} if path.startswith("/") else cgroups.read_own_cgroups()
             paths = {c: os.path.join(v1_hierarchy_dir(c, own), path.lstrip("/")) for c in paths}
@@ -177,6 +179,9 @@ def write_cgroup_files(config: BundleConfig, cgroup: Cgroup) -> None:
                              "writes it on cgroup v1 only and this host has cgroup v2; remove it")
     for setting in config.cgroup_files:
         path = os.path.join(cgroup.paths()[setting.controller], setting.name)
+        twin = path.replace("blkio.", "blkio.bfq.", 1)
+        if not os.path.exists(path) and setting.name in BFQ_TWINS and os.path.exists(twin):
+            path = twin   # with the BFQ I/O scheduler the weights have these names (runc writes them too)
         if not os.path.exists(path):   # e.g. cpu.rt_runtime_us without CONFIG_RT_GROUP_SCHED
             raise RuntimeFailure(f"config.json: {setting.field} needs {setting.name}, which this kernel does not "
                                  "have; remove it")
@@ -184,6 +189,9 @@ def write_cgroup_files(config: BundleConfig, cgroup: Cgroup) -> None:
         if setting.name == "memory.kmem.limit_in_bytes" and _read_first(path) != setting.value:
             warn(f"{setting.field}: the kernel accepted {setting.value} but ignores it (kernel memory limits "
                  "are deprecated in cgroup v1)")
+
+
+BFQ_TWINS = ("blkio.weight", "blkio.weight_device")
 
 
 def _read_first(path: str) -> str:
