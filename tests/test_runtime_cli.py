@@ -442,8 +442,9 @@ def test_a_bundle_our_engine_wrote_runs_under_the_runtime(engine_root, work, our
 @pytest.mark.parametrize("change, field", [
     (lambda c: c["process"].update(terminal=True), "process.terminal"),
     (lambda c: c["linux"].update(intelRdt={"closID": "x"}), "linux.intelRdt"),
-    (lambda c: c["linux"]["resources"].update(hugepageLimits=[{"pageSize": "2MB", "limit": 1 << 21}]),
-     "linux.resources.hugepageLimits"),
+    (lambda c: c["linux"]["resources"].update(rdma={"mlx5_1": {"hcaHandles": 3}}), "linux.resources.rdma"),
+    (lambda c: c["linux"]["resources"].update(hugepageLimits=[{"pageSize": "2M", "limit": 1 << 21}]),
+     "linux.resources.hugepageLimits[0]"),
     (lambda c: c["linux"]["resources"].update(blockIO={"throttleReadBpsDevice": [{"major": 8, "rate": 1}]}),
      "linux.resources.blockIO.throttleReadBpsDevice[0]"),
     (lambda c: c["linux"]["resources"].update(memory={"limit": 1 << 26, "useHierarchy": True}),
@@ -658,6 +659,28 @@ def test_a_block_io_weight_without_its_cgroup_file_is_refused_by_field(work, our
     rc, message = ours.error("run", "--bundle", str(bundle), cid)
     assert (rc, message) == (1, "run failed: config.json: linux.resources.blockIO.weight needs blkio.weight, "
                                 "which this kernel does not have; remove it")
+    assert ours.error("state", cid) == (1, "container does not exist")
+
+
+def _v1_controllers() -> set[str]:
+    with open("/proc/self/mountinfo") as f:
+        return {o for line in f if " - cgroup " in line for o in line.split()[-1].split(",")}
+
+
+@pytest.mark.parametrize("resources, field, controller", [
+    ({"hugepageLimits": [{"pageSize": "2MB", "limit": 1 << 21}]}, "linux.resources.hugepageLimits[0]", "hugetlb"),
+    ({"network": {"classID": 1048577}}, "linux.resources.network.classID", "net_cls"),
+])
+def test_a_resource_whose_controller_is_not_mounted_is_refused_by_field(work, ours, resources, field, controller):
+    if controller in _v1_controllers():
+        pytest.skip(f"the {controller} controller is mounted here")
+    # runc 1.1 fails here too, on the missing hierarchy's files
+    bundle = _bundle(work / "b", work / "rootfs", ["true"])
+    _edit(bundle, lambda c: c["linux"]["resources"].update(resources))
+    cid = _id()
+    rc, message = ours.error("run", "--bundle", str(bundle), cid)
+    assert (rc, message) == (1, f"run failed: config.json: {field} needs the {controller} cgroup controller, which "
+                                "no cgroup v1 hierarchy here carries; remove it")
     assert ours.error("state", cid) == (1, "container does not exist")
 
 

@@ -127,7 +127,7 @@ UNSUPPORTED = {
     "process": ("commandLine", "apparmorProfile", "scheduler", "selinuxLabel", "ioPriority", "execCPUAffinity"),
     "process.user": ("username",),
     "linux": ("timeOffsets", "netDevices", "intelRdt", "mountLabel", "personality", "memoryPolicy"),
-    "linux.resources": ("hugepageLimits", "network", "rdma", "unified"),
+    "linux.resources": ("rdma", "unified"),
     "linux.resources.memory": ("useHierarchy", "checkBeforeUpdate"),
     "linux.resources.cpu": ("burst", "idle"),
 }
@@ -375,6 +375,8 @@ def _parse_resources(config: BundleConfig, resources: dict) -> None:
     _parse_memory(config, resources.get("memory") or {})
     _parse_cpu(config, resources.get("cpu") or {})
     _parse_block_io(config, resources.get("blockIO") or {})
+    _parse_hugepages(config, resources.get("hugepageLimits") or [])
+    _parse_network(config, resources.get("network") or {})
     pids = resources.get("pids") or {}
     if pids.get("limit") is not None and pids["limit"] > 0:
         config.pids = int(pids["limit"])
@@ -446,6 +448,27 @@ def _parse_block_io(config: BundleConfig, block_io: dict) -> None:
                 raise refuse(f"linux.resources.blockIO.{key}[{i}]", f"is {device}: each entry needs major, "
                                                                     f"minor and {value_key}") from None
             config.cgroup_files.append(CgroupFile(f"linux.resources.blockIO.{key}[{i}]", "blkio", name, value))
+
+
+def _parse_hugepages(config: BundleConfig, limits: list[dict]) -> None:
+    """hugepageLimits: hugetlb.<pageSize>.limit_in_bytes, one file per page size ("2MB", "1GB")."""
+    for i, entry in enumerate(limits):
+        size = entry.get("pageSize", "")
+        if not re.fullmatch(r"\d+[KMG]B", str(size)) or entry.get("limit") is None:
+            raise refuse(f"linux.resources.hugepageLimits[{i}]", f"is {entry}: each entry needs a pageSize "
+                                                                 "like \"2MB\" and a limit in bytes")
+        config.cgroup_files.append(CgroupFile(f"linux.resources.hugepageLimits[{i}]", "hugetlb",
+                                              f"hugetlb.{size}.limit_in_bytes", str(int(entry["limit"]))))
+
+
+def _parse_network(config: BundleConfig, network: dict) -> None:
+    """network: net_cls.classid (tags the container's packets for tc) and net_prio.ifpriomap."""
+    if network.get("classID") is not None:
+        config.cgroup_files.append(CgroupFile("linux.resources.network.classID", "net_cls", "net_cls.classid",
+                                              str(int(network["classID"]))))
+    for i, entry in enumerate(network.get("priorities") or []):
+        config.cgroup_files.append(CgroupFile(f"linux.resources.network.priorities[{i}]", "net_prio",
+                                              "net_prio.ifpriomap", f"{entry.get('name')} {int(entry.get('priority', 0))}"))
 
 
 # runc adds these to every container's device allow-list, whatever config.json says

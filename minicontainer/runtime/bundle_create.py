@@ -75,11 +75,11 @@ def cgroup_for(config: BundleConfig, container_id: str) -> tuple[Cgroup, list[st
     else:
         paths = default.paths()
         for controller in extra:   # named as the engine's driver names the others
-            paths[controller] = os.path.join(v1_hierarchy_dir(controller, cgroups.read_own_cgroups()),
+            paths[controller] = os.path.join(_hierarchy_for(config, controller, cgroups.read_own_cgroups()),
                                              os.path.basename(paths["memory"]))
         if path:
             own = {} if path.startswith("/") else cgroups.read_own_cgroups()
-            paths = {c: os.path.join(v1_hierarchy_dir(c, own), path.lstrip("/")) for c in paths}
+            paths = {c: os.path.join(_hierarchy_for(config, c, own), path.lstrip("/")) for c in paths}
     parents = []
     for directory in dict.fromkeys(paths.values()):
         parent = os.path.dirname(directory)
@@ -89,6 +89,18 @@ def cgroup_for(config: BundleConfig, container_id: str) -> tuple[Cgroup, list[st
             parent = os.path.dirname(parent)
         parents += reversed(missing)
     return cgroups.open_cgroup(name, paths=paths), parents
+
+
+def _hierarchy_for(config: BundleConfig, controller: str, own: dict[str, str]) -> str:
+    """v1_hierarchy_dir, refusing by name the config.json field that needs a controller this kernel lacks."""
+    try:
+        return v1_hierarchy_dir(controller, own)
+    except RuntimeFailure:
+        needing = [f.field for f in config.cgroup_files if f.controller == controller]
+        if not needing:
+            raise
+        raise RuntimeFailure(f"config.json: {needing[0]} needs the {controller} cgroup controller, which no "
+                             "cgroup v1 hierarchy here carries; remove it") from None
 
 
 def v1_hierarchy_dir(controller: str, own: dict[str, str]) -> str:
