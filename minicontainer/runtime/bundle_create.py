@@ -190,8 +190,9 @@ def write_cgroup_files(config: BundleConfig, cgroup: Cgroup) -> None:
         raise RuntimeFailure(f"config.json: {config.cgroup_files[0].field} is set, but minicontainer's runtime "
                              "writes it on cgroup v1 only and this host has cgroup v2; remove it")
     for setting in config.cgroup_files:
-        path = os.path.join(cgroup.paths()[setting.controller], setting.name)
-        twin = path.replace("blkio.", "blkio.bfq.", 1)
+        directory = cgroup.paths()[setting.controller]
+        path = os.path.join(directory, setting.name)
+        twin = os.path.join(directory, setting.name.replace("blkio.", "blkio.bfq.", 1))
         if not os.path.exists(path) and setting.name in BFQ_TWINS and os.path.exists(twin):
             path = twin   # with the BFQ I/O scheduler the weights have these names (runc writes them too)
         if not os.path.exists(path):   # e.g. cpu.rt_runtime_us without CONFIG_RT_GROUP_SCHED
