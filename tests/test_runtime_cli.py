@@ -617,6 +617,25 @@ def test_cpu_and_memory_resources_are_written_to_their_cgroup_files_as_runc_writ
     assert seen["ours"]["memory.oom_control"] == "oom_kill_disable 1"
 
 
+@pytest.mark.skipif(not os.path.exists("/sys/fs/cgroup/memory/memory.kmem.limit_in_bytes"),
+                    reason="needs cgroup v1 kernel memory accounting files")
+def test_a_kernel_memory_limit_the_kernel_ignores_is_written_and_warned_about(work, ours):
+    tag = os.environ["MINICONTAINER_CGROUP_TAG"]
+    path = f"/{tag}-kmem"
+    bundle = _bundle(work / "b", work / "rootfs", ["true"])
+    _edit(bundle, lambda c: (c["linux"].update(cgroupsPath=path),
+                             c["linux"]["resources"].update(memory={"limit": 64 << 20, "kernel": 32 << 20})))
+    cid = _id()
+    try:
+        rc, _, err = ours("create", "--bundle", str(bundle), cid)
+        assert rc == 0, err
+        held = Path(f"/sys/fs/cgroup/memory{path}/memory.kmem.limit_in_bytes").read_text().strip()
+    finally:
+        ours.cleanup(cid)
+    # Linux 5.x and later accept the write and keep "unlimited"; older kernels apply it
+    assert (held != str(32 << 20)) == ("the kernel accepted 33554432 but ignores it" in err), (held, err)
+
+
 def _a_block_device() -> tuple[int, int]:
     with open("/proc/partitions") as f:
         major, minor = f.read().splitlines()[2].split()[:2]
