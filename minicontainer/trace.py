@@ -154,22 +154,28 @@ class Trace:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
+        """The trace as a table that fits a notebook's output area: left-aligned, long calls
+        wrapped, each step's why beside its name, evidence folded away; colours taken from
+        the JupyterLab theme (so dark themes work), and a style that applies to this table only."""
         import html
 
-        head = "<tr><th>#</th><th>step</th><th>call</th><th>shell</th><th>why</th><th>result</th><th>ms</th></tr>"
         rows = []
         for i, s in enumerate(self.steps, 1):
-            result = s.error or s.result
+            result = html.escape(s.error or s.result)
             if s.evidence:
-                result += "<br><small>" + "<br>".join(
-                    f"{html.escape(k)}: {html.escape(v)}" for k, v in s.evidence.items()) + "</small>"
-            style = ' style="color:#b00"' if s.error else ""
+                facts = "".join(f"<div><b>{html.escape(k)}</b>: {html.escape(v)}</div>" for k, v in s.evidence.items())
+                result += f"<details><summary>evidence</summary>{facts}</details>"
+            shell = f'<div class="mc-shell">$ {html.escape(s.shell)}</div>' if s.shell else ""
             rows.append(
-                f"<tr{style}><td>{i}</td><td><b>{html.escape(s.name)}</b></td>"
-                f"<td><code>{html.escape(s.call)}</code></td><td><code>{html.escape(s.shell)}</code></td>"
-                f"<td>{html.escape(s.why)}</td><td>{result if s.evidence else html.escape(result)}</td>"
-                f"<td>{'' if s.result == PLANNED else f'{s.duration * 1000:.2f}'}</td></tr>")
-        return _short_ids(f"<table>{head}{''.join(rows)}</table>")
+                f'<tr class="{"mc-error" if s.error else ""}"><td class="mc-n">{i}</td>'
+                f'<td><b>{html.escape(s.name)}</b><div class="mc-why">{html.escape(s.why)}</div></td>'
+                f"<td><code>{html.escape(s.call)}</code>{shell}</td><td>{result}</td>"
+                f'<td class="mc-ms">{"" if s.result == PLANNED else f"{s.duration * 1000:.2f}"}</td></tr>')
+        head = ("<tr><th>#</th><th>step, and why</th><th>what was done (and the shell equivalent)</th>"
+                "<th>result</th><th>ms</th></tr>")
+        return _short_ids(f'<div class="mc-trace">{TRACE_STYLE}<table><colgroup><col style="width:2.2em">'
+                          f'<col style="width:30%"><col style="width:42%"><col style="width:28%">'
+                          f'<col style="width:4.2em"></colgroup>{head}{"".join(rows)}</table></div>')
 
     def to_json(self) -> str:
         return json.dumps([s.to_dict() for s in self.steps], indent=1)
@@ -181,6 +187,20 @@ class Trace:
     def __repr__(self) -> str:
         return f"<Trace of {len(self.steps)} steps: {', '.join(self.names())}>"
 
+
+# Every selector starts with .mc-trace, so nothing leaks into the rest of the page; colours
+# are the JupyterLab theme's variables, with fallbacks for plain HTML (nbconvert).
+TRACE_STYLE = """<style>
+.mc-trace table { table-layout: fixed; width: 100%; max-width: 100%; border-collapse: collapse; font-size: 12px; }
+.mc-trace th, .mc-trace td { text-align: left; vertical-align: top; padding: 3px 6px;
+  border-bottom: 1px solid var(--jp-border-color2, rgba(128, 128, 128, 0.3)); overflow-wrap: anywhere; }
+.mc-trace code { white-space: pre-wrap; overflow-wrap: anywhere; background: transparent; font-size: 11px; }
+.mc-trace .mc-why, .mc-trace .mc-shell { color: var(--jp-content-font-color2, rgba(128, 128, 128, 1)); font-size: 11px; }
+.mc-trace .mc-shell { font-family: var(--jp-code-font-family, monospace); overflow-wrap: anywhere; }
+.mc-trace .mc-n, .mc-trace .mc-ms { font-variant-numeric: tabular-nums; }
+.mc-trace tr.mc-error td { color: var(--jp-error-color1, #d32f2f); }
+.mc-trace details summary { cursor: pointer; color: var(--jp-content-font-color2, gray); }
+</style>"""
 
 _LONG_ID = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{52}\b")
 

@@ -39,6 +39,14 @@ def test_trace_renders_as_text_html_and_json_round_trip():
     assert "pivot_root" in text and "$ pivot_root . ." in text and "k: v" in text
     html = tr._repr_html_()
     assert "<table>" in html and "&lt;swap&gt;" in html  # escaped
+    # the style is scoped to the trace, and the table can't grow wider than its output area
+    import re
+    style = html[html.index("<style>") + 7:html.index("</style>")]
+    selectors = [rule.split("{")[0] for rule in style.split("}") if "{" in rule]
+    assert selectors and all(all(part.strip().startswith(".mc-trace") for part in sel.split(","))
+                             for sel in selectors), selectors
+    assert "table-layout: fixed; width: 100%" in style and "overflow-wrap: anywhere" in style
+    assert not re.search(r"width:\s*\d{3,}px", html), "no fixed pixel widths that could overflow"
     again = Trace.from_json(tr.to_json())
     assert again[0] == tr[0]
     assert json.loads(tr.to_json())[0]["name"] == "pivot_root"
