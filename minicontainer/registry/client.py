@@ -276,8 +276,8 @@ class RegistryClient:
             raise RegistryError(f"unauthorized: {what} needs credentials: "
                                 f"log in with minicontainer login {self.login_name}")
         if status == 403:
-            raise RegistryError(f"denied: {self.host} does not allow {self._who()} {what}: "
-                                f"log in with minicontainer login {self.login_name} as a user who may")
+            raise RegistryError(f"denied: {self.host} does not allow {self._who()} {what}: log in as a user "
+                                f"with that permission (minicontainer login {self.login_name})")
         codes = _error_codes(response)
         if status == 404 and ref is not None and (not codes or "MANIFEST_UNKNOWN" in codes
                                                   or "NAME_UNKNOWN" in codes):
