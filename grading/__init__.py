@@ -1,0 +1,1 @@
+"""Course grading: the bilingual exam-prep question bank, glossary and quiz."""
