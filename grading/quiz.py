@@ -6,6 +6,7 @@ import argparse
 import random
 import re
 import sys
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -23,14 +24,16 @@ UI = {
            "true": "true", "false": "false", "prompt_single": "Your answer (letter): ",
            "prompt_multiple": "Your answers (letters, e.g. A C): ", "prompt_tf": "True or false (t/f): ",
            "prompt_short": "Your answer: ", "seed_note": "(not in a notebook yet: the seed article)",
-           "mock": "Mock exam: {n} questions, seed {seed}", "practice": "Practice: {n} questions"},
+           "mock": "Mock exam: {n} questions, seed {seed}", "practice": "Practice: {n} questions",
+           "time": "Time: {m}:{s:02d}"},
     "zh": {"correct": "正确。", "wrong": "不对。正确答案：{answer}",
            "score": "得分：{right}/{total}（{pct:.0f}%）", "topic": "{name}：{right}/{total}",
            "revisit": "建议复习的笔记本：", "none": "没有需要复习的内容，做得好。",
            "true": "对", "false": "错", "prompt_single": "你的答案（字母）：",
            "prompt_multiple": "你的答案（多个字母，如 A C）：", "prompt_tf": "对还是错（t/f）：",
            "prompt_short": "你的答案：", "seed_note": "（尚无对应笔记本：见种子文章）",
-           "mock": "模拟考试：{n} 道题，随机种子 {seed}", "practice": "练习模式：{n} 道题"},
+           "mock": "模拟考试：{n} 道题，随机种子 {seed}", "practice": "练习模式：{n} 道题",
+           "time": "用时：{m}:{s:02d}"},
 }
 
 
@@ -160,6 +163,7 @@ class Score:
     total: int
     per_topic: dict[str, tuple[int, int]] = field(default_factory=dict)   # topic -> (right, total)
     revisit: list[str] = field(default_factory=list)   # notebooks (or "seed") of the missed questions
+    sections: dict[str, list[str]] = field(default_factory=dict)   # notebook -> its headings to reread
 
     @property
     def percent(self) -> float:
@@ -170,16 +174,19 @@ def score(results: list[tuple[Question, bool]]) -> Score:
     """Score a finished quiz: overall, per topic, and the notebooks to revisit (in course
     order, each once) for the questions answered wrongly."""
     per_topic: dict[str, list[int]] = {}
-    revisit: set[str] = set()
+    sections: dict[str, list[str]] = {}
     for q, ok in results:
         tally = per_topic.setdefault(q.topic, [0, 0])
         tally[0] += int(ok)
         tally[1] += 1
         if not ok:
-            revisit.add(q.notebook or "seed")
+            headings = sections.setdefault(q.notebook or "seed", [])
+            if q.notebook and (heading := q.cite.split("#", 1)[1]) not in headings:
+                headings.append(heading)
     right = sum(int(ok) for _, ok in results)
-    ordered = sorted(revisit, key=lambda n: (n == "seed", n))
-    return Score(right, len(results), {t: (a, b) for t, (a, b) in per_topic.items()}, ordered)
+    ordered = sorted(sections, key=lambda n: (n == "seed", n))
+    return Score(right, len(results), {t: (a, b) for t, (a, b) in per_topic.items()}, ordered,
+                 {n: sections[n] for n in ordered})
 
 
 # ---------------------------------------------------------------- terminal
@@ -202,6 +209,7 @@ def run(questions: list[Question], lang: str, mock: bool, stdin: TextIO, stdout:
     can't be read is asked again; the end of input counts the rest as unanswered."""
     ui = UI[lang]
     results = []
+    started = time.monotonic()
     for number, q in enumerate(questions, 1):
         print(render_question(q, number, len(questions), lang), file=stdout)
         answer = None
@@ -218,11 +226,15 @@ def run(questions: list[Question], lang: str, mock: bool, stdin: TextIO, stdout:
         results.append((q, ok))
         if not mock:
             fb = feedback(q, answer, lang)
-            print(f"\n{fb.message}\n{fb.explanation}\n→ {fb.cite}\n", file=stdout)
+            where = ui["seed_note"] if fb.cite == "seed" else fb.cite
+            print(f"\n{fb.message}\n{fb.explanation}\n→ {where}\n", file=stdout)
         else:
             print(file=stdout)
     result = score(results)
     print(ui["score"].format(right=result.right, total=result.total, pct=result.percent), file=stdout)
+    if mock:
+        minutes, seconds = divmod(int(time.monotonic() - started), 60)
+        print(ui["time"].format(m=minutes, s=seconds), file=stdout)
     for topic in TOPICS:
         if topic in result.per_topic:
             r, t = result.per_topic[topic]
@@ -231,6 +243,8 @@ def run(questions: list[Question], lang: str, mock: bool, stdin: TextIO, stdout:
         print(ui["revisit"], file=stdout)
         for nb in result.revisit:
             print(f"  {ui['seed_note'] if nb == 'seed' else nb}", file=stdout)
+            for heading in result.sections.get(nb, []):
+                print(f"      § {heading}", file=stdout)
     else:
         print(ui["none"], file=stdout)
     return result

@@ -62,6 +62,13 @@ def test_single_choice_questions_have_exactly_one_valid_answer(bank):
             assert 0 <= q.answer < len(q.choices), q.id
 
 
+def test_the_right_choice_is_not_always_in_the_same_place(bank):
+    positions = Counter(q.answer for q in bank if q.type == "single")
+    total = sum(positions.values())
+    assert max(positions.values()) <= 0.4 * total, f"single-choice answers by position: {dict(positions)}"
+    assert Counter(q.answer for q in bank if q.type == "truefalse").keys() == {True, False}
+
+
 def test_multiple_choice_answers_are_valid_distinct_indexes(bank):
     for q in bank:
         if q.type == "multiple":
@@ -254,6 +261,7 @@ def test_scoring_per_topic_lists_the_notebooks_to_revisit(bank):
     assert (result.right, result.total) == (1, 3)
     assert result.per_topic == {"lifecycle": (1, 2), "engine": (0, 1)}
     assert result.revisit == [a.notebook, "seed"]
+    assert result.sections == {a.notebook: [a.cite.split("#", 1)[1]], "seed": []}
     assert round(result.percent) == 33
 
 
