@@ -250,15 +250,22 @@ def run(questions: list[Question], lang: str, mock: bool, stdin: TextIO, stdout:
     return result
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> int:
     parser = argparse.ArgumentParser(prog="python -m grading", description="Exam-prep quiz (练习与模拟考试)")
     sub = parser.add_subparsers(dest="command", required=True)
     quiz = sub.add_parser("quiz", help="practice, or a mock exam with --mock N")
     quiz.add_argument("--lang", choices=("en", "zh"), default="en")
     quiz.add_argument("--topic", choices=sorted(TOPICS))
-    quiz.add_argument("--mock", type=int, metavar="N", help="a mock exam of N questions drawn by topic weight")
+    quiz.add_argument("--mock", type=_positive, metavar="N", help="a mock exam of N questions drawn by topic weight")
     quiz.add_argument("--seed", type=int, help="make the draw reproducible")
-    quiz.add_argument("--count", type=int, metavar="N", help="practice only N questions")
+    quiz.add_argument("--count", type=_positive, metavar="N", help="practice only N questions")
     sub.add_parser("check", help="validate the question bank and print counts per topic")
     args = parser.parse_args(argv)
     bank = load_bank()

@@ -123,6 +123,13 @@ def test_the_validator_finds_each_kind_of_problem():
     assert any("id also used" in p for p in validate([good, dict(good)]))
 
 
+def test_a_cite_survives_a_changed_chinese_gloss_but_not_a_changed_heading():
+    ok = "notebooks/02-namespaces-and-cgroups.ipynb#Who owns the cgroup tree? Delegation (委派)"
+    assert check_cite(ok) is None
+    assert check_cite(ok.replace("(委派)", "(授权)")) is None
+    assert check_cite(ok.replace("Delegation", "Ownership")) is not None
+
+
 def test_headings_are_read_from_the_notebooks_markdown():
     headings = notebook_headings(ROOT / "notebooks" / "01-what-is-a-container.ipynb")
     assert "Summary" in headings
