@@ -7,7 +7,7 @@ VENV := .venv
 STAMP := $(VENV)/.provisioned
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-v2 bench bench-images compile
+.PHONY: setup demo test test-v2 bench bench-images compile handin
 
 setup: $(STAMP)
 
@@ -40,3 +40,12 @@ bench-images: compile
 	$(PY) bench/unpack.py
 	$(PY) bench/registry_client.py
 	$(PY) bench/registry_server.py
+
+# In the course VM: pack the student's notebooks (their workspace, see scripts/provision.sh)
+# into one archive to hand in to the grader.
+WORKSPACE ?= /home/vagrant/work
+handin:
+	@test -d $(WORKSPACE)/notebooks || { echo "handin: no workspace at $(WORKSPACE): set WORKSPACE=…" >&2; exit 1; }
+	@out=handin-$$(id -un)-$$(date +%Y%m%d-%H%M).tar.gz; \
+	tar -czf $$out -C $(WORKSPACE) --exclude='.ipynb_checkpoints' notebooks $$(test -d $(WORKSPACE)/labs && echo labs); \
+	echo "handin: wrote $$out (hand this file in)"

@@ -63,17 +63,26 @@ if [ "${1:-}" = "--jupyter" ]; then
     if [ ! -s "$env_file" ]; then
         (umask 077; echo "JUPYTER_TOKEN=$(.venv/bin/python -c 'import secrets; print(secrets.token_hex(24))')" > "$env_file")
     fi
+    # The student's workspace: a copy of the chapters made once, then never touched again
+    # by provisioning (cp -n adds new chapters, never overwrites). The repo itself is
+    # re-synced by `vagrant up`/`reload`, so work kept there would be lost.
+    workspace=${MINICONTAINER_WORKSPACE:-/home/vagrant/work}
+    mkdir -p "$workspace"
+    for dir in notebooks labs; do
+        if [ -d "$dir" ]; then mkdir -p "$workspace/$dir" && cp -rn "$dir/." "$workspace/$dir/"; fi
+    done
+    if id vagrant >/dev/null 2>&1; then chown -R vagrant: "$workspace"; fi
     cat > /etc/systemd/system/minicontainer-jupyter.service <<UNIT
 [Unit]
 Description=JupyterLab for the minicontainer course
 After=network.target
 
 [Service]
-WorkingDirectory=$repo
+WorkingDirectory=$workspace
 EnvironmentFile=$env_file
 # 0.0.0.0 inside the VM so Vagrant's port forward reaches it; the Vagrantfile binds the
 # host side to 127.0.0.1 only.
-ExecStart=$repo/.venv/bin/jupyter lab --allow-root --no-browser --ip=0.0.0.0 --port=8888 --notebook-dir=$repo
+ExecStart=$repo/.venv/bin/jupyter lab --allow-root --no-browser --ip=0.0.0.0 --port=8888 --notebook-dir=$workspace
 Restart=on-failure
 
 [Install]
@@ -81,5 +90,5 @@ WantedBy=multi-user.target
 UNIT
     systemctl daemon-reload
     systemctl enable --now minicontainer-jupyter.service
-    echo "provision: JupyterLab runs on port 8888; its token is in $env_file"
+    echo "provision: JupyterLab runs on port 8888 in $workspace; its token is in $env_file"
 fi
