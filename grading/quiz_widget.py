@@ -59,9 +59,11 @@ def _iso(t: float) -> str:
 def _cjk_font() -> str | None:
     """A font matplotlib can draw Chinese with, if one is installed (fonts-noto-cjk)."""
     from matplotlib import font_manager
-    for f in font_manager.fontManager.ttflist:
-        if any(k in f.name for k in ("CJK SC", "CJK JP", "CJK", "WenQuanYi", "Droid Sans Fallback")):
-            return f.name
+    names = sorted({f.name for f in font_manager.fontManager.ttflist})
+    for key in ("CJK SC", "CJK", "WenQuanYi", "Droid Sans Fallback"):
+        for name in names:
+            if key in name:
+                return name
     return None
 
 
@@ -90,11 +92,13 @@ class QuizApp:
         self.results: list[tuple[Question, bool]] = []   # practice: first check of each question
         self.records: list[dict] = []              # mock: one per question, answers with timestamps
         self.started_at: float | None = None
+        self.ended_at: float | None = None
         self.finished: Score | None = None
         self.saved_to: Path | None = None
         self._widget = None
         self._syncing = False
         self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()             # ends the countdown thread
         if mode == "practice":
             self.start_practice(topic, seed)
 
@@ -118,6 +122,7 @@ class QuizApp:
         self.minutes = minutes if minutes is not None else (
             self.time_box or len(self.questions) * SECONDS_PER_QUESTION / 60)
         self.pos, self.selected, self.fb, self.finished, self.saved_to = 0, None, None, None, None
+        self.ended_at = None
         self.records = [{"number": i + 1, "id": q.id, "topic": q.topic, "type": q.type, "answer": None,
                          "correct": False, "answered_at": None, "elapsed_s": None}
                         for i, q in enumerate(self.questions)]
@@ -164,7 +169,10 @@ class QuizApp:
         return max(0.0, self.minutes * 60 - (self.clock() - self.started_at))
 
     def elapsed(self) -> float:
-        return 0.0 if self.started_at is None else self.clock() - self.started_at
+        """Seconds since the mock exam started (until it finished)."""
+        if self.started_at is None:
+            return 0.0
+        return (self.ended_at if self.ended_at is not None else self.clock()) - self.started_at
 
     @property
     def time_up(self) -> bool:
@@ -186,10 +194,14 @@ class QuizApp:
         elif q.type == "short" and isinstance(answer, str):
             answer = answer if answer.strip() else None
         self.selected = answer
-        if self.mode == "mock":
+        if self.mode == "practice":
+            self.fb = None                         # the feedback was about the answer checked before
+        else:
             now = self.clock()
+            answered = answer is not None          # None clears the answer, and its time
             self.records[self.pos].update(answer=answer, correct=is_correct(q, answer),
-                                          answered_at=_iso(now), elapsed_s=round(now - self.started_at, 3))
+                                          answered_at=_iso(now) if answered else None,
+                                          elapsed_s=round(now - self.started_at, 3) if answered else None)
         self._render()
         return True
 
@@ -241,7 +253,7 @@ class QuizApp:
         directory = Path(directory) if directory is not None else self.out_dir
         if directory is None:
             raise ValueError("finish() needs a directory to save the answers in")
-        ended = self.clock()
+        ended = self.ended_at = self.clock()
         self.finished = result = self.score()
         directory.mkdir(parents=True, exist_ok=True)
         stamp = datetime.fromtimestamp(ended, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -258,6 +270,7 @@ class QuizApp:
         }
         path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         self.saved_to = path
+        self._stop.set()
         self._render(rebuild=True)
         return path
 
@@ -326,8 +339,8 @@ class QuizApp:
         self.w_prev = w.Button()
         self.w_finish = w.Button(button_style="warning")
         self.w_start = w.Button(button_style="primary")
-        self.w_n = w.BoundedIntText(value=self.n, min=1, max=len(self.bank), layout=w.Layout(width="160px"))
-        self.w_seed = w.IntText(value=self.seed if self.seed is not None else 1, layout=w.Layout(width="160px"))
+        self.w_n = w.BoundedIntText(value=self.n, min=1, max=len(self.bank), layout=w.Layout(width="200px"), style={"description_width": "initial"})
+        self.w_seed = w.IntText(value=self.seed if self.seed is not None else 1, layout=w.Layout(width="200px"), style={"description_width": "initial"})
         self.w_plot = w.Image(format="png", layout=w.Layout(max_width="640px"))
         self.w_lang.observe(lambda ch: self._syncing or self.set_lang(ch["new"]), names="value")
         self.w_topic.observe(lambda ch: self._syncing or self.set_topic(ch["new"]), names="value")
@@ -355,11 +368,12 @@ class QuizApp:
         if self._ticker is not None and self._ticker.is_alive():
             return
 
+        self._stop.clear()
+
         def tick():
-            while self.finished is None and self.started_at is not None and not self.time_up:
-                time.sleep(1)
+            while not self._stop.wait(1) and self.finished is None and not self.time_up:
                 self._render_status()
-            self._render_status()
+            self._render()                         # time up: lock the answer widgets
 
         self._ticker = threading.Thread(target=tick, name="quiz-countdown", daemon=True)
         self._ticker.start()
@@ -441,6 +455,8 @@ class QuizApp:
                                          f"<p style='font-size:1.1em'>{escape(q.question[self.lang])}</p>")
                 if rebuild or not self.w_answer.children:
                     self.w_answer.children = self._answer_widgets(q)
+                for child in self.w_answer.children:
+                    child.disabled = mock and self.time_up
             else:
                 self.w_question.value = "" if mock else f"<p>{escape(t['done'])}</p>"
                 self.w_answer.children = []

@@ -200,6 +200,8 @@ def test_unanswered_questions_count_as_wrong_and_time_up_locks_the_answers(bank,
     assert app.time_up and app.time_left() == 0
     app.next()
     assert not app.select(right_answer(questions[1]))           # too late
+    app.widget
+    assert "时间到" in app.w_status.value and all(w.disabled for w in app.w_answer.children)
     data = json.loads(app.finish(tmp_path).read_text())
     assert [a["answer"] is not None for a in data["answers"]] == [True, False, False, False]
     assert data["score"]["right"] == 1 and data["lang"] == "zh"
@@ -227,3 +229,38 @@ def test_finish_needs_a_started_exam_and_a_directory(bank):
     app.start_mock(n=2, seed=1)
     with pytest.raises(ValueError):
         app.finish()
+
+
+# ---------------------------------------------------------------- the widgets call the methods
+
+def test_clicking_the_practice_widgets_checks_the_chosen_answer(bank):
+    app = practice_at(bank, "single")
+    view = app.widget
+    assert app.w_answer.children and view.children
+    q = app.current
+    app.w_answer.children[0].value = q.answer          # as if the right radio button were clicked
+    assert app.selected == q.answer
+    app.w_check.click()
+    assert app.fb.correct and "Correct." in app.w_feedback.value
+    app.w_next.click()
+    assert app.current is not q and app.w_feedback.value == ""
+    assert "1/1 right so far" in app.w_status.value
+
+
+def test_clicking_through_a_mock_exam_saves_it_in_the_callers_directory(bank, tmp_path):
+    clock = FakeClock()
+    app = QuizApp(mode="mock", bank=bank, out_dir=tmp_path, clock=clock)
+    app.widget
+    assert app.w_answer.children == () and app.w_setup.layout.display == "flex"
+    app.w_n.value, app.w_seed.value = 3, 11
+    app.w_start.click()
+    assert [q.id for q in app.questions] == [q.id for q in QuizApp(mode="mock", bank=bank).start_mock(n=3, seed=11)]
+    assert app.w_setup.layout.display == "none" and app.w_answer.children
+    clock.advance(12)
+    app.w_finish.click()
+    assert app.saved_to.parent == tmp_path and json.loads(app.saved_to.read_text())["seed"] == 11
+    clock.advance(100)
+    assert app.elapsed() == 12                          # the clock stops at Finish
+    assert "Elapsed 0:12" in app.w_status.value and "Time left" not in app.w_status.value
+    app._ticker.join(timeout=3)
+    assert not app._ticker.is_alive()
