@@ -113,3 +113,34 @@ def test_sandbox_works_and_leaks_no_mount_when_root_is_shared_like_on_a_systemd_
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_a_sandbox_that_unshared_its_pid_namespace_still_ends_on_sigterm():
+    # a Jupyter kernel's shutdown SIGTERMs its process group, sandbox included; PID 1 of a
+    # namespace ignores SIGTERM unless it handles it, which would stall the shutdown
+    import signal
+    import time
+
+    sb = Sandbox("busybox")
+    try:
+        sb.unshare("pid", "mnt")
+        inner = sb.run(["true"])   # the helper now serves from PID 1 of the new namespace
+        assert inner.returncode == 0
+        pids = [sb._proc.pid, sb.pid]   # the helper, and PID 1 of its new namespace (a host pid)
+        assert pids[0] != pids[1]
+        for pid in pids:
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while any(os.path.exists(f"/proc/{p}") and _state(p) != "Z" for p in pids):
+            assert time.monotonic() < deadline, "the sandbox ignored SIGTERM"
+            time.sleep(0.02)
+    finally:
+        sb.close()
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"

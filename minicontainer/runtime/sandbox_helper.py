@@ -34,6 +34,10 @@ def _unshare(kinds: list[str]) -> dict:
     child = os.fork()
     if child == 0:
         record_init_fork()
+        # PID 1 of a namespace gets no default action for SIGTERM: without a handler, the
+        # SIGTERM a Jupyter kernel sends its process group on shutdown would be ignored
+        # here, and the kernel's shutdown would stall until it is killed outright
+        signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signal.SIGTERM))
         return {"pid": int(os.readlink("/proc/self"))}
     _, status = os.waitpid(child, 0)
     # pass the child's fate on: its exit code, or 128+N if a signal (say the OOM killer's) ended it
