@@ -243,13 +243,22 @@ def mask_paths(paths: tuple[str, ...] = MASKED_PATHS) -> Step:
     return step
 
 
+_STATVFS_FLAGS = {os.ST_NOSUID: sc.MS_NOSUID, os.ST_NODEV: sc.MS_NODEV, os.ST_NOEXEC: sc.MS_NOEXEC,
+                  os.ST_NOATIME: sc.MS_NOATIME, os.ST_NODIRATIME: 2048, os.ST_RELATIME: 1 << 21}
+
+
+def current_mount_flags(path: str) -> int:
+    """The MS_* flags the mount holding ``path`` has now (statvfs's f_flag, translated)."""
+    flags = os.statvfs(path).f_flag
+    return sum(ms for st, ms in _STATVFS_FLAGS.items() if flags & st)
+
+
 def readonly_paths(paths: tuple[str, ...] = READONLY_PATHS) -> Step:
     """Bind each path onto itself, then remount it read-only: readable, never writable."""
     step = Step("readonly_paths", call=f"mount(path, path, MS_BIND|MS_REC); mount(MS_BIND|MS_REMOUNT|MS_RDONLY) "
                                        f"on {len(paths)} paths",
                 shell="mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys; …",
                 why="/proc/sys holds host-wide kernel settings (sysctl) and /proc/sysrq-trigger can reboot the host")
-    flags = sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
 
     def protect() -> str:
         done = []
@@ -257,7 +266,9 @@ def readonly_paths(paths: tuple[str, ...] = READONLY_PATHS) -> Step:
             if not os.path.exists(path):
                 continue
             sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
-            sc.mount(None, path, None, flags)
+            # repeat the flags it has (nosuid, noexec …): a bind remount that drops a flag
+            # the kernel locked, as in a user namespace, fails with EPERM
+            sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | current_mount_flags(path))
             done.append(path)
         return "read-only " + " ".join(done)
 

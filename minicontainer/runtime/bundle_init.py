@@ -296,15 +296,6 @@ def set_domainname(name: str) -> Step:
 
 
 # statvfs(3) flags -> the mount flags a remount must repeat (the kernel refuses to drop locked ones)
-STATVFS_FLAGS = {os.ST_NOSUID: sc.MS_NOSUID, os.ST_NODEV: sc.MS_NODEV, os.ST_NOEXEC: sc.MS_NOEXEC,
-                 os.ST_NOATIME: sc.MS_NOATIME, os.ST_NODIRATIME: 2048, os.ST_RELATIME: 1 << 21}
-
-
-def _current_flags(path: str) -> int:
-    flags = os.statvfs(path).f_flag
-    return sum(ms for st, ms in STATVFS_FLAGS.items() if flags & st)
-
-
 def remount(target: str, flags: int) -> None:
     """Remount a bind mount with ``flags``; in a user namespace, keeping the flags the kernel locked."""
     try:
@@ -314,7 +305,7 @@ def remount(target: str, flags: int) -> None:
             raise
         # a mount that came from a more privileged namespace has its nosuid, nodev,
         # noexec and atime flags locked: repeat them (runc does the same)
-        sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags | _current_flags(target))
+        sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags | mounts.current_mount_flags(target))
 
 
 def remount_root_readonly() -> Step:
@@ -322,27 +313,6 @@ def remount_root_readonly() -> Step:
     step = Step("remount_ro", call='mount(NULL, "/", NULL, MS_BIND|MS_REMOUNT|MS_RDONLY, NULL)',
                 shell="mount -o remount,bind,ro /", why="root.readonly: writes to / now fail with EROFS")
     step.do(remount, "/", sc.MS_RDONLY)
-    return step
-
-
-def readonly_paths(paths: list[str]) -> Step:
-    """Bind each path onto itself and remount it read-only, keeping its other flags (runc's way)."""
-    step = Step("readonly_paths", call=f"mount(path, path, MS_BIND|MS_REC); mount(MS_BIND|MS_REMOUNT|MS_RDONLY) "
-                                       f"on {len(paths)} paths",
-                shell="mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys; …",
-                why="/proc/sys holds host-wide kernel settings (sysctl) and /proc/sysrq-trigger can reboot the host")
-
-    def protect() -> str:
-        done = []
-        for path in paths:
-            if not os.path.exists(path):
-                continue
-            sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
-            sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _current_flags(path))
-            done.append(path)
-        return "read-only " + " ".join(done)
-
-    step.do(protect)
     return step
 
 
@@ -464,7 +434,7 @@ def enter_root(config: BundleConfig) -> None:
     if config.readonly:
         remount_root_readonly()
     if config.readonly_paths:
-        readonly_paths(config.readonly_paths)
+        mounts.readonly_paths(tuple(config.readonly_paths))
     if config.masked_paths:
         mounts.mask_paths(tuple(config.masked_paths))
 
