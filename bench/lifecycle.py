@@ -24,18 +24,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from build import DOCKERFILE  # noqa: E402 - bench/build.py's, the same 10 instructions
 TERM_LOOP = "trap 'exit 0' TERM; while :; do sleep 0.05; done"
-DOCKERFILE = """FROM busybox
-ARG VERSION=1
-ENV APP=/app MODE=bench
-WORKDIR /app
-COPY src/ ./src/
-RUN echo built > built.txt
-RUN ls -R /app > listing.txt
-LABEL org.example.bench=yes
-EXPOSE 8080
-CMD ["cat", "/app/built.txt"]
-"""
 
 
 def timed(fn, n: int) -> list[float]:
@@ -81,7 +71,7 @@ def main() -> None:
         ctx = tmp / "ctx"
         (ctx / "src").mkdir(parents=True)
         (ctx / "src" / "app.txt").write_text("app\n")
-        (ctx / "Dockerfile").write_text(DOCKERFILE)
+        (ctx / "Dockerfile").write_text(DOCKERFILE.format(base="busybox"))
         subprocess.run(cli + ["build", "-q", "-t", "bench/app", str(ctx)], check=True, stdout=subprocess.DEVNULL)
         results["cached rebuild, 10 instructions (CLI)"] = timed(
             lambda: subprocess.run(cli + ["build", "-q", "-t", "bench/app", str(ctx)], check=True,

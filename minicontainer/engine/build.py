@@ -313,18 +313,15 @@ def _image_stat(store: ImageStore, image: Image | None, rel: str) -> os.stat_res
 
 
 def _lookup_id(store: ImageStore, image: Image | None, name: str, database: str, line: int) -> int:
+    """--chown's NAME as a number, from the image's /etc/passwd or /etc/group."""
     if name.isdigit():
         return int(name)
-    st = _image_stat(store, image, f"etc/{database}")
-    if st is not None:
-        for diff_id in reversed(image.diff_ids):
-            path = store.layer_dir(diff_id) / "etc" / database
-            if path.exists():
-                for entry in path.read_text().splitlines():
-                    fields = entry.split(":")
-                    if fields[0] == name and len(fields) > 2:
-                        return int(fields[2])
-                break
+    from .run import read_image_file
+
+    lowers = store.lower_dirs(image) if image is not None else []
+    for fields in read_image_file(lowers, f"etc/{database}"):
+        if fields[0] == name and len(fields) > 2:
+            return int(fields[2])
     raise df.DockerfileError(f"Dockerfile:{line}: --chown: no {'user' if database == 'passwd' else 'group'} "
                              f"{name!r} in the image's /etc/{database}: use a number")
 
@@ -345,8 +342,8 @@ def copy_step(store: ImageStore, stage: Stage, ins: df.Instruction, context: Pat
     paths = [p for s in sources for p in context_sources(context, s, ins.line, rules)]
     workdir = stage.config.get("WorkingDir") or "/"
     target = os.path.normpath(os.path.join(workdir, dest)).lstrip("/")
-    into_dir = dest.endswith("/") or len(paths) > 1 or (_image_stat(store, stage.image, target) is not None
-                                                       and stat.S_ISDIR(_image_stat(store, stage.image, target).st_mode))
+    existing = _image_stat(store, stage.image, target)
+    into_dir = dest.endswith("/") or len(paths) > 1 or (existing is not None and stat.S_ISDIR(existing.st_mode))
     root = Path(tempfile.mkdtemp(prefix="layer-", dir=store.tmp))
     try:
         for path in paths:

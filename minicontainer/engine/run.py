@@ -27,7 +27,7 @@ from ..kernel.mounts import Volume
 from ..kernel.seccomp import compile_filter, load_profile_file, profile_to_oci
 from ..kernel.seccomp_profile import default_profile
 from ..kernel.security import DEFAULT_CAPABILITIES, choose_capabilities
-from ..runtime.process import FORWARDED_SIGNALS, ContainerProcess, ContainerStartError, start_container
+from ..runtime.process import FORWARDED_SIGNALS, ContainerProcess, ContainerStartError, read_to_eof, start_container
 from ..runtime.oci import read_bundle, spec_to_config, write_bundle
 from ..runtime.spec import ContainerSpec
 from ..trace import Step, Trace
@@ -223,7 +223,7 @@ def spec_for(record: ContainerRecord, image: Image, lowers: list[str], opts: Run
     return spec
 
 
-def _image_file(lowers: list[str], rel: str) -> list[list[str]]:
+def read_image_file(lowers: list[str], rel: str) -> list[list[str]]:
     """The colon-separated lines of an /etc file as the image has it (its topmost layer that has it)."""
     for lower in lowers:   # top layer first
         path = os.path.join(lower, rel)
@@ -238,7 +238,7 @@ def _image_file(lowers: list[str], rel: str) -> list[list[str]]:
 
 def home_of(uid: int, lowers: list[str]) -> str:
     """The home directory /etc/passwd gives ``uid``; /root for root and / otherwise if it has none."""
-    entry = next((e for e in _image_file(lowers, "etc/passwd") if len(e) > 5 and e[2] == str(uid)), None)
+    entry = next((e for e in read_image_file(lowers, "etc/passwd") if len(e) > 5 and e[2] == str(uid)), None)
     return entry[5] if entry is not None and entry[5] else ("/root" if uid == 0 else "/")
 
 
@@ -247,14 +247,14 @@ def resolve_user(user: str, lowers: list[str]) -> tuple[int, int, tuple[int, ...
     if not user:
         return (0, 0, ())
     name, _, group = user.partition(":")
-    passwd = _image_file(lowers, "etc/passwd")
+    passwd = read_image_file(lowers, "etc/passwd")
     entry = next((e for e in passwd if len(e) > 3 and (e[0] == name or (name.isdigit() and e[2] == name))), None)
     if entry is None and not name.isdigit():
         raise MinicontainerError(f"unable to find user {name}: no matching entries in the image's /etc/passwd: "
                                  "give a number (-u 1000) or add the user in the image")
     uid = int(name) if name.isdigit() else int(entry[2])
     gid = int(entry[3]) if entry is not None else 0
-    groups = _image_file(lowers, "etc/group")
+    groups = read_image_file(lowers, "etc/group")
     if group:
         match = next((g for g in groups if len(g) > 2 and (g[0] == group or (group.isdigit() and g[2] == group))), None)
         if match is None and not group.isdigit():
@@ -529,7 +529,7 @@ def launch_monitor(record: ContainerRecord, cgroup: Cgroup, *, remove: bool, new
         os.close(ready_w)
         ready_w = -1
         starter.wait()   # it forks the monitor and exits at once
-        reply = _read_all(ready_r)
+        reply = read_to_eof(ready_r)
     except BaseException:
         finish(record, cgroup, None, remove=new)
         raise
@@ -544,13 +544,6 @@ def launch_monitor(record: ContainerRecord, cgroup: Cgroup, *, remove: bool, new
             finish(record, cgroup, None, remove=new)
         raise ContainerStartError(answer["error"], answer.get("exit_code", 125))
     return record
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while chunk := os.read(fd, 65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _planned_spec(opts: RunOptions) -> ContainerSpec:

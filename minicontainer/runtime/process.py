@@ -114,7 +114,8 @@ class ContainerProcess:
         return None
 
 
-def _read_all(fd: int) -> bytes:
+def read_to_eof(fd: int) -> bytes:
+    """Everything a pipe gives until its writers have all closed it."""
     chunks = []
     while True:
         try:
@@ -319,7 +320,7 @@ def _read_line(fd: int) -> bytes:
 def _collect_steps(fd: int) -> tuple[list[Step], dict | None]:
     """Read step records until EOF: EOF means init exec'd (close-on-exec) or died."""
     steps, error = [], None
-    for line in _read_all(fd).splitlines():
+    for line in read_to_eof(fd).splitlines():
         record = json.loads(line)
         if "step" in record:
             steps.append(Step.from_dict(record["step"]))
