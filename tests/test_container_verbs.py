@@ -168,6 +168,27 @@ def test_after_kill_9_of_a_foreground_cli_the_name_is_free_again(tmp_path):
 
 
 @pytest.mark.v2
+def test_a_start_killed_before_running_is_recorded_is_seen_as_exited_and_cleaned_up():
+    # The window the test above can only hit by chance (CI did): the command already runs,
+    # the CLI is killed before it writes "running". _start claims the start first.
+    from minicontainer.engine.containers import ContainerState
+    from minicontainer.engine.run import cgroup_name
+    from minicontainer.kernel.cgroups import open_cgroup
+
+    cid = mc("create", "--name", "half", "busybox", "true").stdout.strip()
+    starter = subprocess.Popen(["true"])
+    starter.wait()                        # a pid that was the starter, and is gone
+    record = find_record(cid)
+    record.write_state(ContainerState(status="created", monitor_pid=starter.pid))
+    open_cgroup(cgroup_name(cid)).create()
+    assert verbs.ps(all=True)[0]["Status"] != "Created", "a start whose starter died must not look merely created"
+    row = verbs.ps(all=True)[0]
+    assert (row["Names"], row["State"], row["ExitCode"]) == ("half", "exited", 137)
+    assert not _cgroup_dirs(cid), "reconcile removes the cgroup the killed start had made"
+    mc("rm", "half")
+
+
+@pytest.mark.v2
 def test_rm_force_removes_a_running_container_with_its_cgroup(engine_root):
     cid = mc("run", "-d", "busybox", "sleep", "60").stdout.strip()
     assert _cgroup_dirs(cid)

@@ -40,7 +40,12 @@ class ContainerState:
     oom_killed: bool = False
     started_at: float = 0.0
     finished_at: float = 0.0
-    monitor_pid: int = 0        # a detached container's monitor (run -d); 0 when run in the foreground
+    monitor_pid: int = 0        # who watches it: a detached container's monitor, or a foreground run's CLI
+
+    @property
+    def starting(self) -> bool:
+        """Created, with a process already starting it (the state between create and running)."""
+        return self.status == "created" and self.monitor_pid != 0
 
 
 @dataclass
@@ -90,8 +95,8 @@ class ContainerRecord:
         return ContainerState()
 
     def write_state(self, state: ContainerState) -> None:
-        """Running and paused go to the volatile run dir; created and exited are made durable."""
-        if state.status in ("running", "paused"):
+        """Running, paused and starting go to the volatile run dir; created and exited are made durable."""
+        if state.status in ("running", "paused") or state.starting:
             if not self.runtime_state_file.parent.is_dir():
                 make_private_dir(run_dir(), ours=RUN_ENTRIES)
                 self.runtime_state_file.parent.mkdir(exist_ok=True)

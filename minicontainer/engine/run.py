@@ -427,8 +427,12 @@ def run(image: str = "busybox", cmd: list[str] | str | None = None, *, input: by
 
 def _start(record: ContainerRecord, spec: ContainerSpec, stdio: tuple[int, int, int],
            close_in_child: tuple[int, ...] = ()) -> ContainerProcess:
-    proc = start_container(spec, stdio, close_in_child)
     state = record.read_state()
+    # Claim the start first: the command may run (and the CLI be killed) before "running" is
+    # written below, and then ps must still find a watcher to ask (verbs.reconcile).
+    state.status, state.pid, state.monitor_pid = "created", 0, os.getpid()
+    record.write_state(state)
+    proc = start_container(spec, stdio, close_in_child)
     state.status, state.pid, state.started_at = "running", proc.init_pid, time.time()
     state.exit_code, state.oom_killed, state.finished_at = None, False, 0.0   # a restart's fresh run
     state.monitor_pid = os.getpid()   # who watches it: the monitor, or the CLI or kernel of a foreground run
@@ -540,7 +544,7 @@ def launch_monitor(record: ContainerRecord, cgroup: Cgroup, *, remove: bool, new
     answer = json.loads(reply) if reply else {"error": "the container's monitor died before starting it: see "
                                                       f"{record.dir / 'monitor.log'}", "exit_code": 125}
     if "error" in answer:
-        if record.dir.exists() and record.read_state().status == "running":
+        if record.dir.exists() and ((state := record.read_state()).status == "running" or state.starting):
             finish(record, cgroup, None, remove=new)
         raise ContainerStartError(answer["error"], answer.get("exit_code", 125))
     return record

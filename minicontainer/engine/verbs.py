@@ -51,7 +51,7 @@ def reconcile(record: ContainerRecord) -> ContainerState | None:
     holds PR_SET_PDEATHSIG on its parent): the container has exited, killed, so 137.
     """
     state = record.read_state()
-    if state.status not in ("running", "paused"):
+    if state.status not in ("running", "paused") and not state.starting:
         return state
     watcher = state.monitor_pid or state.pid
     if _alive(watcher):
@@ -59,7 +59,7 @@ def reconcile(record: ContainerRecord) -> ContainerState | None:
 
     with file_lock(containers_dir() / ".lock"):
         state = record.read_state()    # the monitor may have recorded the exit meanwhile
-        if state.status not in ("running", "paused"):
+        if state.status not in ("running", "paused") and not state.starting:
             return state
         state.status, state.finished_at, state.pid = "exited", time.time(), 0
         if state.exit_code is None:

@@ -137,9 +137,15 @@ def close_range_cloexec(first: int) -> None:
         os.closerange(first, 65536)
 
 
-def set_parent_death_signal(sig: int) -> None:
-    """prctl(PR_SET_PDEATHSIG): get ``sig`` when the parent dies, so no orphan outlives the engine."""
+def set_parent_death_signal(sig: int, parent: int = 0) -> None:
+    """prctl(PR_SET_PDEATHSIG): get ``sig`` when the parent dies, so no orphan outlives the engine.
+
+    ``parent``: the pid that forked us. If it died before the prctl, no signal will ever
+    come (we already have a new parent), so we end now instead of running on as an orphan.
+    """
     _check(libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+    if parent and os.getppid() != parent:
+        os._exit(128 + sig)
 
 
 def drop_from_bounding_set(cap: int) -> None:

@@ -60,13 +60,13 @@ def _child(spec: ContainerSpec, procs_fds: list[int], mnt_fd: int | None, stdio:
 
 
 def _helper(pid: int, spec: ContainerSpec, trace_w: int, status_w: int, stdio: tuple[int, int, int],
-            close_after_fork: list[int]) -> None:
+            close_after_fork: list[int], engine: int) -> None:
     """The engine's child: join, fork the new process, wait for it. Never returns."""
     try:
         process._child_trace(trace_w)
         for sig in process.FORWARDED_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-        syscalls.set_parent_death_signal(signal.SIGKILL)
+        syscalls.set_parent_death_signal(signal.SIGKILL, parent=engine)
         kinds = tuple(k for k in JOIN_ORDER if k in spec.namespaces)
         fds = {k: os.open(f"/proc/{pid}/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in kinds}
         procs_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in spec.cgroup_procs]
@@ -107,9 +107,10 @@ def exec_in_container(pid: int, spec: ContainerSpec, stdio: tuple[int, int, int]
     trace_r, trace_w = os.pipe2(os.O_CLOEXEC)
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     step = Step("fork", call="fork()", shell="", why="the engine never changes its own namespaces: a child does it")
+    engine = os.getpid()
     helper = step.do(process._fork)
     if helper == 0:
         for fd in (trace_r, status_r, *close_in_child):
             os.close(fd)
-        _helper(pid, spec, trace_w, status_w, stdio, sorted({fd for fd in stdio if fd > 2}))
+        _helper(pid, spec, trace_w, status_w, stdio, sorted({fd for fd in stdio if fd > 2}), engine)
     return process.await_exec(helper, trace_r, trace_w, status_r, status_w, "the exec helper", exit_code=126)

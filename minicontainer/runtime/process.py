@@ -207,13 +207,13 @@ def record_init_fork(forked_at: float = 0.0) -> Step:
 
 
 def _setup_child(spec: ContainerSpec, trace_w: int, status_w: int, stdio: tuple[int, int, int],
-                 close_after_fork: list[int]) -> None:
+                 close_after_fork: list[int], engine: int) -> None:
     """The engine's child: unshare, then fork PID 1 and wait for it. Never returns."""
     try:
         _child_trace(trace_w)
         for sig in FORWARDED_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
-        syscalls.set_parent_death_signal(signal.SIGKILL)
+        syscalls.set_parent_death_signal(signal.SIGKILL, parent=engine)
         before = [k for k in spec.namespaces if k != "cgroup"]  # cgroup ns: after joining the cgroup
         if before:
             namespaces.unshare_namespaces(before)
@@ -275,11 +275,13 @@ def start_container(spec: ContainerSpec, stdio: tuple[int, int, int] = (0, 1, 2)
     trace_r, trace_w = os.pipe2(os.O_CLOEXEC)
     status_r, status_w = os.pipe2(os.O_CLOEXEC)
     step = Step("fork", call="fork()", shell="", why="the engine never changes its own namespaces: a child does it")
+    engine = os.getpid()
     pid = step.do(_fork)
     if pid == 0:
         for fd in (trace_r, status_r, *close_in_child):
             os.close(fd)
-        _setup_child(spec, trace_w, status_w, stdio, sorted({fd for fd in stdio if fd > 2}))   # a pty: one fd thrice
+        _setup_child(spec, trace_w, status_w, stdio, sorted({fd for fd in stdio if fd > 2}),   # a pty: one fd thrice
+                     engine)
     step.result = f"setup child is host pid {pid}"
     return await_exec(pid, trace_r, trace_w, status_r, status_w, "the container's setup process")
 
