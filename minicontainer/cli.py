@@ -12,9 +12,17 @@ import sys
 __version__ = "0.1.0"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line that says where the help is, and exits 125 as docker's does."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: {message}: see '{self.prog} --help'\n")
+        sys.exit(125)
+
+
 def _parser(verb: str | None = None) -> argparse.ArgumentParser:
     """The argument parser; for `run`, only its own sub-parser is built (each costs start-up time)."""
-    p = argparse.ArgumentParser(prog="minicontainer", description="A teaching container engine.")
+    p = _Parser(prog="minicontainer", description="A teaching container engine.")
     sub = p.add_subparsers(dest="verb", metavar="COMMAND")
     _add_run(sub)
     if verb != "run":
@@ -57,7 +65,7 @@ def _add_container_options(r) -> None:
     r.add_argument("-u", "--user", default="", metavar="USER[:GROUP]", help="run as this user (name or uid) of the image")
     r.add_argument("-m", "--memory", default=None, help="memory limit, e.g. 64m")
     r.add_argument("--cpus", default=None, help="CPU quota in cores, e.g. 0.5")
-    r.add_argument("--pids-limit", type=int, default=None)
+    r.add_argument("--pids-limit", default=None, metavar="N", help="the most processes the container may have")
     r.add_argument("--read-only", action="store_true", help="mount the container's root read-only")
     r.add_argument("--rm", action="store_true", help="remove the container when it exits")
     r.add_argument("--init", action="store_true",
@@ -693,7 +701,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return runtime_main(argv[1:], prog="minicontainer runtime")
     verb = next((a for a in argv if not a.startswith("-")), None)
-    args = _parser(verb).parse_args(argv)
+    parser = _parser(verb)
+    args = parser.parse_args(_attach_option_values(parser, argv))
     if not getattr(args, "func", None):
         _parser().print_help()
         return 2
@@ -705,9 +714,73 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(exc, "exit_code", 125)
     except KeyboardInterrupt:
         return 130
+    except PermissionError as exc:
+        sys.stdout.flush()
+        print(f"minicontainer: {_permission_message(args, exc)}", file=sys.stderr)
+        return 125
     except BrokenPipeError:  # `minicontainer inspect busybox | head`: the reader left, not an error
         sys.stderr.close()
         return 0
+
+
+def _attach_option_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Join an option that takes a value to the next word: ``-m -5m`` becomes ``-m=-5m``.
+
+    argparse takes ``-5m`` for an option and says "expected one argument"; docker's flag
+    parser takes the next word as the value, so a bad value gets a message about the value.
+    Only options before the verb's first positional word (the image, for run) are touched:
+    what follows the image belongs to the command.
+    """
+    verbs = len(_subparser_chain(parser, argv)) - 1
+    takes_value = _value_options(parser, argv)
+    out, i = list(argv), 0
+    while i < len(out) and out[i] != "--":
+        word = out[i]
+        if word in takes_value and i + 1 < len(out):
+            if out[i + 1].startswith("-"):
+                out[i:i + 2] = [f"{word}={out[i + 1]}"]
+            else:
+                i += 1          # the value itself, not a positional word
+        elif not word.startswith("-"):
+            if verbs == 0:
+                break           # the first positional: the rest is the verb's (or the command's)
+            verbs -= 1
+        i += 1
+    return out
+
+
+def _subparser_chain(parser: argparse.ArgumentParser, argv: list[str]) -> list[argparse.ArgumentParser]:
+    """The parser and the sub-parsers that the verbs in ``argv`` select (``image prune`` → two)."""
+    chain = [parser]
+    for word in argv:
+        subs = [a for a in chain[-1]._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            break
+        if not word.startswith("-") and word in subs[0].choices:
+            chain.append(subs[0].choices[word])
+    return chain
+
+
+def _value_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
+    """The option strings (``-m``, ``--memory``) that take exactly one value, for the verbs in argv."""
+    names: set[str] = set()
+    for p in _subparser_chain(parser, argv):
+        for action in p._actions:
+            if action.option_strings and action.nargs is None and isinstance(
+                    action, (argparse._StoreAction, argparse._AppendAction)):
+                names.update(action.option_strings)
+    return names
+
+
+def _permission_message(args: argparse.Namespace, exc: PermissionError) -> str:
+    """One line for EACCES/EPERM: as a non-root user it is nearly always the engine's root-only state."""
+    verb = " ".join(str(getattr(args, key)) for key in ("verb", "subverb", "image_verb", "registry_verb")
+                    if getattr(args, key, None))
+    where = f" on {exc.filename}" if exc.filename else ""
+    if os.geteuid() != 0:
+        return (f"{verb} needs root: permission denied{where} (the engine's state belongs to root): "
+                f"run it with sudo")
+    return f"{verb}: permission denied{where}: check the file's owner and mode"
 
 
 def console() -> None:

@@ -97,6 +97,20 @@ def test_explain_shows_the_plan_and_runs_nothing():
     (["run", "nosuchimage", "true"], "not found"),
     (["run", "Bad/Name", "true"], "lowercase"),
     (["run", "--cpus", "99", "busybox", "true"], "cpus"),
+    # issue 11: each of these used to start a container, print usage, or fail after the cgroup was made
+    (["run", "-m", "1k", "busybox", "true"], "the minimum is 6m (6 MiB), as in docker"),
+    (["run", "-m", "-5m", "busybox", "true"], "invalid memory size '-5m'"),
+    (["create", "--memory", "-5m", "busybox"], "invalid memory size '-5m'"),
+    (["run", "--pids-limit", "abc", "busybox", "true"], "invalid --pids-limit 'abc': give a whole number"),
+    (["run", "--pids-limit", "99999999999999999999", "busybox", "true"], "from 1 to 4194304"),
+    (["run", "--pids-limit", "0", "busybox", "true"], "from 1 to 4194304"),
+    (["run", "-v", "/tmp:/proc", "busybox", "true"], "/proc is inside /proc"),
+    (["run", "-v", "/tmp:/proc/sys/x", "busybox", "true"], "is inside /proc, which the container mounts itself"),
+    (["run", "-v", "/tmp:/dev", "busybox", "true"], "/dev is inside /dev"),
+    (["run", "-v", "/tmp:/dev/data/", "busybox", "true"], "/dev/data is inside /dev"),
+    (["run", "-v", "/tmp:/sys/fs/x", "busybox", "true"], "/sys/fs/x is inside /sys"),
+    (["run", "--bogus", "busybox", "true"], "unrecognized arguments: --bogus"),
+    (["tag", "busybox"], "the following arguments are required: target: see 'minicontainer tag --help'"),
 ])
 def test_bad_input_gets_one_clear_line_and_exit_125(args, message):
     done = mc(*args)
@@ -104,6 +118,54 @@ def test_bad_input_gets_one_clear_line_and_exit_125(args, message):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
     assert "Traceback" not in done.stderr
+    containers = os.path.join(os.environ["MINICONTAINER_ROOT"], "containers")
+    assert [n for n in (os.listdir(containers) if os.path.exists(containers) else []) if n != ".lock"] == [], \
+        "bad input must be refused before a container exists"
+
+
+def test_a_value_that_starts_with_a_dash_is_still_the_options_value_and_the_command_keeps_its_own():
+    # docker takes the word after -m as its value; words after the image belong to the command
+    done = mc("run", "--rm", "-e", "A=-1", "busybox", "sh", "-c", "echo $A \"$@\"", "sh", "-m", "-5m")
+    assert done.returncode == 0 and done.stdout == "-1 -m -5m\n", done.stderr
+
+
+def test_volumes_beside_the_kernel_mounts_are_still_allowed(tmp_path):
+    (tmp_path / "marker").write_text("here")
+    done = mc("run", "--rm", "-v", f"{tmp_path}:/devdata", "busybox", "cat", "/devdata/marker")
+    assert done.stdout == "here", done.stderr
+
+
+def test_pids_limit_and_memory_at_their_bounds_are_accepted():
+    from minicontainer.engine.run import RunOptions
+
+    opts = RunOptions.parse("busybox", ["true"], memory="6m", pids_limit="4194304")
+    assert (opts.memory, opts.pids_limit) == (6 << 20, 4194304)
+    assert RunOptions.parse("busybox", memory=6 << 20, pids_limit=64).pids_limit == 64
+
+
+def _as_nobody():
+    os.setgroups([])
+    os.setgid(65534)
+    os.setuid(65534)
+
+
+@pytest.mark.parametrize("args", [
+    ["tag", "busybox", "x:1"], ["image", "prune"], ["load", "-i", "missing"], ["images"], ["ps", "-a"],
+    ["rmi", "busybox"], ["inspect", "busybox"], ["history", "busybox"], ["save", "-o", "/tmp/x.tar", "busybox"],
+    ["pull", "127.0.0.1:9/x"], ["push", "127.0.0.1:9/x"], ["stop", "x"], ["rm", "x"], ["logs", "x"],
+    ["exec", "x", "true"], ["cp", "x:/a", "/tmp/b"], ["rename", "x", "y"], ["container", "prune"], ["stats"],
+    ["registry", "serve", "--addr", "127.0.0.1:0"], ["create", "busybox"], ["run", "busybox", "true"],
+])
+def test_every_verb_as_a_non_root_user_ends_in_one_line_and_a_non_zero_exit(engine_root, args):
+    from minicontainer.image.store import ImageStore
+
+    ImageStore(engine_root)   # an engine root that exists, root's only, as after any root command
+    os.chmod(engine_root.parent, 0o755)    # the per-test dir: others may pass, as /var/lib is
+    done = subprocess.run(CLI + args, capture_output=True, text=True, preexec_fn=_as_nobody, cwd="/",
+                          stdin=subprocess.DEVNULL, timeout=60)
+    assert done.returncode != 0, done
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith("minicontainer") and "root" in done.stderr and "sudo" in done.stderr, done.stderr
 
 
 def test_command_not_found_exits_127():

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .. import trace
 from ..atomic import file_lock, make_private_dir
-from ..errors import MinicontainerError, require_root
+from ..errors import InvalidArgument, MinicontainerError, require_root
 from ..image.reference import parse_reference
 from ..image.store import BUILTIN_REF, Image, ImageStore, host_platform
 from ..kernel.cgroups import Cgroup, CgroupStats, Limits, open_cgroup, parse_cpus, parse_memory
@@ -65,7 +65,7 @@ class RunOptions:
     def parse(cls, image: str, args: list[str] | str | None = None, *, name: str = "", hostname: str = "",
               env: list[str] | dict[str, str] | None = None, volumes: list[str] | None = None, workdir: str = "",
               memory: str | int | None = None, cpus: str | float | None = None,
-              pids_limit: int | None = None, readonly: bool = False, remove: bool = False,
+              pids_limit: str | int | None = None, readonly: bool = False, remove: bool = False,
               init: bool = False, privileged: bool = False, cap_add: list[str] | None = None,
               cap_drop: list[str] | None = None, security_opt: list[str] | None = None,
               user: str = "", tty: bool = False, interactive: bool = False) -> "RunOptions":
@@ -77,8 +77,8 @@ class RunOptions:
         for item in env or []:
             if "=" not in item or item.startswith("="):
                 raise MinicontainerError(f"invalid environment variable {item!r}: use -e NAME=value")
-        if pids_limit is not None and int(pids_limit) < 1:
-            raise MinicontainerError(f"invalid --pids-limit {pids_limit}: give a positive number of processes, e.g. 64")
+        pids = parse_pids_limit(pids_limit) if pids_limit is not None else None
+        memory_bytes = parse_memory_limit(memory) if memory is not None else None
         if workdir and not workdir.startswith("/"):
             raise MinicontainerError(f"invalid working directory {workdir!r}: it must be absolute, e.g. -w /tmp")
         parse_reference(image)  # a malformed reference fails here, before anything exists
@@ -87,10 +87,8 @@ class RunOptions:
         capabilities = choose_capabilities(cap_add or [], cap_drop or [], privileged)
         no_new_privileges, seccomp_profile = parse_security_opts(security_opt or [])
         return cls(image=image, args=list(args or []), name=name, hostname=hostname, env=list(env or []),
-                   volumes=[Volume.parse(v) for v in volumes or []], workdir=workdir,
-                   memory=parse_memory(memory) if memory is not None else None,
-                   cpus=parse_cpus(cpus) if cpus is not None else None,
-                   pids_limit=int(pids_limit) if pids_limit is not None else None,
+                   volumes=[parse_volume(v) for v in volumes or []], workdir=workdir,
+                   memory=memory_bytes, cpus=parse_cpus(cpus) if cpus is not None else None, pids_limit=pids,
                    readonly=readonly, remove=remove, init=bool(init), privileged=bool(privileged),
                    capabilities=capabilities, no_new_privileges=no_new_privileges, user=user or "", tty=bool(tty),
                    interactive=bool(interactive),
@@ -152,6 +150,47 @@ def parse_security_opts(options: list[str]) -> tuple[bool, dict | None]:
             raise MinicontainerError(f"unsupported --security-opt {option!r}: use no-new-privileges[=false], "
                                      "seccomp=unconfined or seccomp=PROFILE.json (apparmor and label are not supported)")
     return no_new_privileges, profile
+
+
+# Docker's floor for -m: below this the container's runtime itself can't start.
+MIN_MEMORY = 6 << 20
+# The kernel's PID_MAX_LIMIT on 64-bit: pids.max refuses anything larger (ERANGE past int64).
+MAX_PIDS_LIMIT = 4 << 20
+# The container gets its own proc, sysfs and /dev mounted after the volumes: a volume on or
+# under them would be hidden without a word, so it is refused (runc refuses /proc too).
+KERNEL_MOUNTS = ("/proc", "/sys", "/dev")
+
+
+def parse_memory_limit(value: str | int) -> int:
+    """-m as bytes; like docker, under 6 MiB is refused before anything is created."""
+    size = parse_memory(value)
+    if size < MIN_MEMORY:
+        raise InvalidArgument(f"invalid memory limit {str(value)!r}: the minimum is 6m (6 MiB), as in docker; "
+                              "give e.g. -m 64m")
+    return size
+
+
+def parse_pids_limit(value: str | int) -> int:
+    """--pids-limit as a number: 1 up to the kernel's PID_MAX_LIMIT, checked before the cgroup exists."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not re.fullmatch(r"[+-]?\d+", text):
+        raise InvalidArgument(f"invalid --pids-limit {str(value)!r}: give a whole number of processes, e.g. 64")
+    number = int(text)
+    if not 1 <= number <= MAX_PIDS_LIMIT:
+        raise InvalidArgument(f"invalid --pids-limit {text}: give a number of processes from 1 to "
+                              f"{MAX_PIDS_LIMIT} (the kernel's PID_MAX_LIMIT), e.g. 64")
+    return number
+
+
+def parse_volume(text: str) -> Volume:
+    """-v SRC:DST[:ro]; a target on or under /proc, /sys or /dev is refused, as runc refuses /proc."""
+    volume = Volume.parse(text)
+    for kernel_mount in KERNEL_MOUNTS:
+        if volume.target == kernel_mount or volume.target.startswith(kernel_mount + "/"):
+            raise InvalidArgument(f"invalid volume {text!r}: {volume.target} is inside {kernel_mount}, which the "
+                                  f"container mounts itself and would hide the volume under; mount it elsewhere, "
+                                  "e.g. -v SRC:/data")
+    return volume
 
 
 def host_init_binary() -> str:
