@@ -325,3 +325,53 @@ def test_the_command_gets_default_signal_handling_not_pythons():
     ignored = minicontainer.run("busybox", "grep SigIgn /proc/self/status").stdout.split()[1]
     assert int(ignored, 16) & (1 << (13 - 1) | 1 << (25 - 1)) == 0, ignored
     assert minicontainer.run("busybox", "yes | head -n 2").output == "y\ny\n"   # yes ends by SIGPIPE, silently
+
+
+def test_cgroup_join_evidence_survives_the_loss_of_proc_and_never_reads_as_an_errno():
+    """The setup child shares PID 1's mount namespace, so once PID 1 has pivoted and detached
+    the host's root, /proc is gone there too: PID 1 often got that far before the setup child
+    read the join back (issue 9: "unavailable: [Errno 2] ... '/proc/<pid>/cgroup'" in most
+    --trace runs). Here a child reaches that state for certain, by unmounting /proc in a
+    mount namespace of its own: the evidence read through the host's /proc (opened before)
+    shows the cgroup, and without it the evidence says what is missing, not an errno."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+    import uuid
+
+    from minicontainer.engine.run import cgroup_name
+    from minicontainer.kernel.cgroups import open_cgroup
+
+    child = textwrap.dedent("""
+        import json, os, sys
+        from minicontainer.kernel import syscalls
+        from minicontainer.runtime.init import join_cgroup
+
+        procs = json.loads(sys.argv[1])
+        syscalls.unshare(syscalls.CLONE_NEWNS)
+        syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
+        proc_fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)   # as the setup child does, before the fork
+        fds = [os.open(path, os.O_WRONLY) for path in procs]
+        syscalls.umount2("/proc", syscalls.MNT_DETACH)             # what PID 1's pivot_root leaves behind
+        assert not os.path.exists("/proc/self"), "/proc should be gone in this mount namespace"
+        through_fd = join_cgroup(procs, os.getpid(), fds=fds, proc_fd=proc_fd)
+        by_path = join_cgroup(procs)
+        print(json.dumps({"pid": os.getpid(), "through_fd": through_fd.evidence, "by_path": by_path.evidence}))
+    """)
+    cgroup = open_cgroup(cgroup_name("evidence" + uuid.uuid4().hex))
+    cgroup.create()
+    try:
+        done = subprocess.run([sys.executable, "-c", child, json.dumps(cgroup.procs_files())],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        cgroup.kill_all()
+        cgroup.remove()
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    through_fd = seen["through_fd"]
+    assert list(through_fd) == [f"/proc/{seen['pid']}/cgroup"], through_fd
+    assert cgroup.name in through_fd[f"/proc/{seen['pid']}/cgroup"], through_fd
+    by_path = seen["by_path"]
+    assert "unavailable" not in by_path and "Errno" not in str(by_path), by_path
+    assert "no /proc/self" in by_path["/proc/self/cgroup"] and "pivot_root" in by_path["/proc/self/cgroup"], by_path

@@ -65,8 +65,14 @@ def join_cgroup(procs_files: list[str], pid: int = 0, fds: list[int] | None = No
 
 
 def _cgroups_of(pid: int, proc_fd: int | None = None) -> str:
-    fd = os.open(f"{pid or 'self'}/cgroup", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd) if proc_fd is not None \
-        else os.open(f"/proc/{pid or 'self'}/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd = os.open(f"{pid or 'self'}/cgroup", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd) if proc_fd is not None \
+            else os.open(f"/proc/{pid or 'self'}/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        # the join itself succeeded: what is missing is a /proc to read it back from (the
+        # caller's mount namespace lost the host's /proc at pivot_root), or the process is gone
+        return (f"not readable from here: this mount namespace has no /proc/{pid or 'self'} (no /proc mounted "
+                "since pivot_root, or the process has exited); on the host, read /proc/<its host pid>/cgroup")
     with open(fd) as f:
         return "; ".join(line.strip() for line in f if "minicontainer" in line)
 
