@@ -1,5 +1,5 @@
 import sys
 
-from grading.quiz import main
+from grading.cli import main
 
 sys.exit(main())
