@@ -511,3 +511,52 @@ def test_umoci_unpacks_what_we_export_to_the_same_bytes_as_our_own_unpack(engine
     theirs = snapshot(tmp_path / "bundle" / "rootfs")
     assert theirs == snapshot(ours)
     assert len(theirs) >= 2
+
+
+# ---- decompression bounds (issue 11) -----------------------------------------------------------------
+
+def test_a_gzipped_archive_that_inflates_past_the_image_size_cap_loads_nothing(engine_root, monkeypatch):
+    from test_layers import compression_bomb
+
+    images.list_images()
+    before = store_state(engine_root)
+    monkeypatch.setenv("MINICONTAINER_MAX_IMAGE_SIZE", "8m")
+    bomb = compression_bomb(engine_root.parent / "bomb.tar.gz", 256 << 20)   # a tar inside: load inflates it
+    with pytest.raises(ArchiveError) as err:
+        images.load_images(str(bomb))
+    message = str(err.value)
+    assert message.startswith(f"archive {bomb} unpacks to more than 8 MiB, the MINICONTAINER_MAX_IMAGE_SIZE limit")
+    assert "nothing was loaded" in message and "\n" not in message
+    assert store_state(engine_root) == before
+
+
+def test_an_archive_whose_gzip_layer_is_a_bomb_loads_nothing(engine_root, monkeypatch):
+    from test_layers import compression_bomb
+
+    images.list_images()
+    before = store_state(engine_root)
+    bomb = compression_bomb(engine_root.parent / "layer.tar.gz", 64 << 20).read_bytes()
+    # a correct diff_id: only the size gives the bomb away
+    h = hashlib.sha256()
+    with gzip.open(io.BytesIO(bomb)) as inflated:
+        while chunk := inflated.read(1 << 20):
+            h.update(chunk)
+    config = make_config(layers=[bomb], diff_ids=["sha256:" + h.hexdigest()])
+    archive = write_docker_save(engine_root.parent / "bomb.tar", [(config, ["bomb:v1"])], layers=[bomb])
+    monkeypatch.setenv("MINICONTAINER_MAX_IMAGE_SIZE", "8m")
+    with pytest.raises(ArchiveError, match=r"unpacks to more than 8 MiB, the MINICONTAINER_MAX_IMAGE_SIZE limit"):
+        images.load_images(str(archive))
+    assert store_state(engine_root) == before
+    monkeypatch.setenv("MINICONTAINER_MAX_IMAGE_SIZE", "128m")   # trusted, with a cap that fits: it loads
+    assert images.load_images(str(archive)) == ["Loaded image: bomb:v1"]
+
+
+def test_an_archive_json_of_a_million_empty_objects_is_refused_before_parsing(engine_root):
+    images.list_images()
+    before = store_state(engine_root)
+    path = engine_root.parent / "objects.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        add_member(tar, "manifest.json", b"[" + b"{}," * 1_000_000 + b"{}]")
+    with pytest.raises(LayerError, match="more than the 100000 any real manifest or config has"):
+        images.load_images(str(path))
+    assert store_state(engine_root) == before

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -752,3 +753,71 @@ def test_flatten_apply_builds_the_same_tree_as_umoci(blobs, tmp_path):
     theirs = snapshot(tmp_path / "umoci")
     assert snapshot(ours) == theirs
     assert "opt/old/a" not in theirs and "opt/old/new" in theirs and "usr/lib/libx.so" not in theirs
+
+
+# ---- decompression bounds: a gzip bomb stops at MINICONTAINER_MAX_IMAGE_SIZE (issue 11) ------------
+
+class _Zeros(io.RawIOBase):
+    """``size`` zero bytes, read lazily: a bomb's payload never sits in the test's memory."""
+
+    def __init__(self, size: int):
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self.left)
+        b[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def compression_bomb(path: Path, size: int, how: str = "gzip") -> Path:
+    """A layer blob holding one file of ``size`` zeros: a few KiB that inflate to ``size`` bytes."""
+    with open(path, "wb") as raw:
+        out = gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) if how == "gzip" \
+            else zstandard.ZstdCompressor().stream_writer(raw)
+        with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            info = tarfile.TarInfo("zeros")
+            info.size = size
+            tar.addfile(info, io.BufferedReader(_Zeros(size)))
+        out.close()
+    return path
+
+
+@pytest.mark.parametrize("how", ["gzip", "zstd"])
+def test_a_compression_bomb_stops_at_the_image_size_cap_and_leaves_no_partial_layer(blobs, tmp_path, monkeypatch, how):
+    monkeypatch.setenv("MINICONTAINER_MAX_IMAGE_SIZE", "8m")
+    bomb = compression_bomb(blobs / "bomb", 256 << 20, how)
+    assert bomb.stat().st_size < 1 << 20, "the bomb is small: all its size is in the inflating"
+    dest = tmp_path / "layers" / "abc"
+    with pytest.raises(LayerError) as err:
+        unpack_layer(bomb, dest)
+    message = str(err.value)
+    assert "unpacks to more than 8 MiB, the MINICONTAINER_MAX_IMAGE_SIZE limit" in message and "\n" not in message
+    assert os.listdir(dest.parent) == [], "the failed layer's temp dir is removed"
+
+
+def test_the_layers_of_one_image_share_one_budget(blobs, tmp_path):
+    from minicontainer.image.limits import UnpackBudget
+
+    budget = UnpackBudget("image test", limit=12 << 20)
+    first = compression_bomb(blobs / "one", 8 << 20)
+    second = compression_bomb(blobs / "two", 8 << 20)
+    unpack_layer(first, tmp_path / "layers" / "one", budget=budget)   # 8 MiB of 12: fine alone
+    with pytest.raises(LayerError, match="image test unpacks to more than 12 MiB"):
+        unpack_layer(second, tmp_path / "layers" / "two", budget=budget)
+    assert sorted(os.listdir(tmp_path / "layers")) == ["one"]
+
+
+def test_a_layer_under_the_cap_unpacks_and_a_bad_cap_setting_names_the_variable(blobs, tmp_path, monkeypatch):
+    from minicontainer.errors import InvalidArgument
+
+    monkeypatch.setenv("MINICONTAINER_MAX_IMAGE_SIZE", "8m")
+    result = unpack_layer(compression_bomb(blobs / "small", 4 << 20), tmp_path / "ok")
+    assert result.files == 1 and (tmp_path / "ok" / "zeros").stat().st_size == 4 << 20
+    monkeypatch.setenv("MINICONTAINER_MAX_IMAGE_SIZE", "lots")
+    with pytest.raises(InvalidArgument, match=r"^invalid MINICONTAINER_MAX_IMAGE_SIZE='lots': give a size such as"):
+        unpack_layer(compression_bomb(blobs / "small2", 1 << 10), tmp_path / "never")
+    assert not (tmp_path / "never").exists()

@@ -40,6 +40,7 @@ import zstandard
 from ..errors import ImageNotFound, InvalidReference, LayerError, MinicontainerError
 from ..trace import Step
 from .layers import open_layer_stream, sniff_compression
+from .limits import UnpackBudget, check_json_shape
 from .reference import parse_reference
 from .store import (INDEX_TYPES, MANIFEST_TYPES, OCI_CONFIG, OCI_INDEX, OCI_MANIFEST, REF_NAME,
                     ImageStore, host_platform, sha256_digest)
@@ -200,8 +201,9 @@ class ArchiveReader:
                                f"{JSON_LIMIT >> 20} MiB limit for JSON: it is not an image archive")
         data = b"".join(self.chunks(name))
         try:
+            check_json_shape(data, f"archive {self.label}: {name!r}")
             return json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise _corrupt(self.label, f"{name!r} is not valid JSON ({exc})") from None
 
 
@@ -224,17 +226,27 @@ def _plain_tar(path: str, staging: Path, label: str) -> Path:
     if magic[:2] != b"\x1f\x8b" and magic != b"\x28\xb5\x2f\xfd":
         return src
     plain = staging / "archive.tar"
+    budget = UnpackBudget(f"archive {label}")
     try:
         with open(src, "rb") as raw, open(plain, "wb") as out:
             if magic[:2] == b"\x1f\x8b":
                 with gzip.GzipFile(fileobj=raw) as inflated:
-                    shutil.copyfileobj(inflated, out, _CHUNK)
+                    _copy_bounded(inflated, out, budget)
             else:
                 reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-                shutil.copyfileobj(reader, out, _CHUNK)
+                _copy_bounded(reader, out, budget)
     except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
         raise _corrupt(label, exc) from None
+    except LayerError as exc:
+        raise ArchiveError(f"{exc} (nothing was loaded)") from None
     return plain
+
+
+def _copy_bounded(src: Any, out: Any, budget: UnpackBudget) -> None:
+    """Copy an inflating stream to ``out``, a MiB at a time, stopping as soon as ``budget`` is spent."""
+    while chunk := src.read(_CHUNK):
+        budget.take(len(chunk))
+        out.write(chunk)
 
 
 # ---- loading ----------------------------------------------------------------------------
@@ -288,31 +300,41 @@ class _Loader:
             raise ArchiveError(f"archive {self.label}: the {what} {digest} is over {JSON_LIMIT >> 20} MiB: "
                                "it is not an image archive")
         try:
-            value = json.loads(self.blob_path(digest).read_bytes())
-        except (ValueError, UnicodeDecodeError) as exc:
+            data = self.blob_path(digest).read_bytes()
+            check_json_shape(data, f"archive {self.label}: the {what} {digest}")
+            value = json.loads(data)
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise _corrupt(self.label, f"the {what} {digest} is not valid JSON ({exc})") from None
         if not isinstance(value, dict):
             raise _corrupt(self.label, f"the {what} {digest} is not a JSON object")
         return value
 
     def check_diff_ids(self, layers: list[dict[str, Any]], config: dict[str, Any], config_digest: str) -> None:
-        """Each layer, uncompressed, must hash to the config's diff_id at the same position."""
+        """Each layer, uncompressed, must hash to the config's diff_id at the same position;
+        all of them together may inflate to MINICONTAINER_MAX_IMAGE_SIZE at most."""
         diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
         if len(diff_ids) != len(layers):
             raise ArchiveError(f"archive {self.label}: image config {config_digest} lists {len(diff_ids)} "
                                f"diff_ids for {len(layers)} layers: the archive is corrupt (nothing was loaded)")
+        budget = UnpackBudget(f"image {config_digest} in archive {self.label}")
         for layer, want in zip(layers, diff_ids):
-            got = self._diff_id(layer)
+            try:
+                got = self._diff_id(layer, budget)
+            except ArchiveError:
+                raise
+            except LayerError as exc:
+                raise ArchiveError(f"{exc} (nothing was loaded)") from None
             if got != want:
                 raise ArchiveError(f"archive {self.label}: layer {layer['digest']} uncompresses to {got}, but "
                                    f"the image config says {want}: the archive is corrupt or was tampered "
                                    "with (nothing was loaded)")
 
-    def _diff_id(self, layer: dict[str, Any]) -> str:
+    def _diff_id(self, layer: dict[str, Any], budget: UnpackBudget) -> str:
         if layer.get("mediaType") in UNCOMPRESSED_LAYER_TYPES:
+            budget.take(self.blob_path(layer["digest"]).stat().st_size)
             return layer["digest"]   # an uncompressed layer's digest *is* its diff_id
         h = hashlib.sha256()
-        stream = open_layer_stream(self.blob_path(layer["digest"]), layer.get("mediaType"))
+        stream = open_layer_stream(self.blob_path(layer["digest"]), layer.get("mediaType"), budget)
         try:
             while chunk := stream.read(_CHUNK):
                 h.update(chunk)
@@ -389,8 +411,9 @@ class _Loader:
             raise ArchiveError(f"archive {self.label}: config {entry['Config']!r} hashes to {config_digest}, "
                                "not the digest in its name: the archive is corrupt or was tampered with")
         try:
+            check_json_shape(config_bytes, f"archive {self.label}: config {entry['Config']!r}")
             config = json.loads(config_bytes)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise _corrupt(self.label, f"config {entry['Config']!r} is not valid JSON ({exc})") from None
         if not isinstance(config, dict):
             raise _corrupt(self.label, f"config {entry['Config']!r} is not a JSON object")

@@ -37,6 +37,7 @@ from typing import BinaryIO, Callable, Iterator, Literal
 import zstandard
 
 from minicontainer.errors import InvalidArgument, LayerError
+from minicontainer.image.limits import UnpackBudget
 from minicontainer.trace import Step, is_planning
 
 # What the OCI image spec and Docker call each layer format, and how it is compressed.
@@ -90,10 +91,10 @@ class LayerResult:
 # ---- reading a blob: decompress and hash in one pass --------------------------------
 
 class _HashingReader(io.RawIOBase):
-    """Pass bytes through unchanged while feeding them to a hash."""
+    """Pass bytes through unchanged while feeding them to a hash (and counting them against a budget)."""
 
-    def __init__(self, raw: BinaryIO, hasher: "hashlib._Hash"):
-        self.raw, self.hasher = raw, hasher
+    def __init__(self, raw: BinaryIO, hasher: "hashlib._Hash", budget: UnpackBudget | None = None):
+        self.raw, self.hasher, self.budget = raw, hasher, budget
 
     def readable(self) -> bool:
         return True
@@ -102,6 +103,8 @@ class _HashingReader(io.RawIOBase):
         n = self.raw.readinto(b)
         if n:
             self.hasher.update(memoryview(b)[:n])
+            if self.budget is not None:
+                self.budget.take(n)   # a gzip bomb stops here, a MiB past the cap, not when the disk is full
         return n or 0
 
     def close(self) -> None:
@@ -206,20 +209,27 @@ def compression_for(blob_path: Path, media_type: str | None) -> Compression:
 
 
 class _LayerStream:
-    """A layer blob opened for one pass: the tar bytes, plus both running digests."""
+    """A layer blob opened for one pass: the tar bytes, plus both running digests.
 
-    def __init__(self, blob_path: Path, compression: Compression, algorithm: str = "sha256"):
+    Every uncompressed byte counts against ``budget`` (default: a fresh one of
+    MINICONTAINER_MAX_IMAGE_SIZE), so no layer inflates without bound.
+    """
+
+    def __init__(self, blob_path: Path, compression: Compression, algorithm: str = "sha256",
+                 budget: UnpackBudget | None = None):
         self.compression = compression
+        budget = budget if budget is not None else UnpackBudget(f"layer {_blob_label(blob_path, None)}")
         raw = open(blob_path, "rb", buffering=0)
         self.blob_hash = hashlib.new(algorithm)
-        hashed_blob = _HashingReader(raw, self.blob_hash)
         if compression == "none":
+            hashed_blob = _HashingReader(raw, self.blob_hash, budget)
             self.tar_hash = self.blob_hash          # no compression: digest == diff_id
             plain: io.RawIOBase = hashed_blob
         else:
+            hashed_blob = _HashingReader(raw, self.blob_hash)
             self.tar_hash = hashlib.new(algorithm)
             inflate = _GzipReader(hashed_blob) if compression == "gzip" else _ZstdReader(hashed_blob)
-            plain = _HashingReader(inflate, self.tar_hash)  # type: ignore[arg-type]
+            plain = _HashingReader(inflate, self.tar_hash, budget)  # type: ignore[arg-type]
         self.reader = io.BufferedReader(plain, buffer_size=_CHUNK)
 
     def drain(self) -> None:
@@ -235,10 +245,11 @@ class _LayerStream:
         self.reader.close()
 
 
-def open_layer_stream(blob_path: Path | str, media_type: str | None) -> BinaryIO:
-    """Open a layer blob as its uncompressed tar stream (gzip, zstd or plain)."""
+def open_layer_stream(blob_path: Path | str, media_type: str | None,
+                      budget: UnpackBudget | None = None) -> BinaryIO:
+    """Open a layer blob as its uncompressed tar stream (gzip, zstd or plain), bounded by ``budget``."""
     blob_path = Path(blob_path)
-    return _LayerStream(blob_path, compression_for(blob_path, media_type)).reader
+    return _LayerStream(blob_path, compression_for(blob_path, media_type), budget=budget).reader
 
 
 # ---- parsing the tar stream -----------------------------------------------------------
@@ -861,9 +872,11 @@ _TAR_FLAGS = {"gzip": "-xzf", "zstd": "--zstd -xf", "none": "-xf"}
 
 def apply_layer(blob_path: Path | str, target: Path | str, *, media_type: str | None = None,
                 digest: str | None = None, diff_id: str | None = None,
-                mode: Mode = "flatten") -> LayerResult:
+                mode: Mode = "flatten", budget: UnpackBudget | None = None) -> LayerResult:
     """Untar one image layer into ``target``, turning OCI whiteouts into deletions
-    (flatten) or overlayfs whiteouts (overlay), and check both of its digests."""
+    (flatten) or overlayfs whiteouts (overlay), and check both of its digests.
+
+    The uncompressed bytes count against ``budget`` (one image's MINICONTAINER_MAX_IMAGE_SIZE)."""
     if mode not in ("flatten", "overlay"):
         raise InvalidArgument(f"layer apply mode must be 'flatten' or 'overlay', not {mode!r}")
     blob_path, target = Path(blob_path), Path(target)
@@ -881,7 +894,7 @@ def apply_layer(blob_path: Path | str, target: Path | str, *, media_type: str | 
                 call=f"untar {_blob_label(blob_path, digest)} ({compression}) into {target}",
                 shell=f"tar {_TAR_FLAGS[compression]} {blob_path} -C {target}", why=why)
     outcome: list[LayerResult] = []
-    step.do(_apply_layer, blob_path, target, compression, digest, diff_id, mode, outcome,
+    step.do(_apply_layer, blob_path, target, compression, digest, diff_id, mode, outcome, budget,
             evidence=lambda: {"files": str(outcome[0].files)})
     if not outcome:  # planning: nothing was read
         return LayerResult(digest=digest or "", diff_id=diff_id or "", files=0, bytes=0)
@@ -889,12 +902,12 @@ def apply_layer(blob_path: Path | str, target: Path | str, *, media_type: str | 
 
 
 def _apply_layer(blob_path: Path, target: Path, compression: Compression, digest: str | None,
-                 diff_id: str | None, mode: Mode, outcome: list[LayerResult]) -> str:
+                 diff_id: str | None, mode: Mode, outcome: list[LayerResult], budget: UnpackBudget | None) -> str:
     algorithm = (digest or diff_id or "sha256:").partition(":")[0]
     if algorithm not in ("sha256", "sha512"):
         raise LayerError(f"unsupported digest algorithm {algorithm!r}: use sha256 or sha512")
     target.mkdir(parents=True, exist_ok=True)
-    layer = _LayerStream(blob_path, compression, algorithm)
+    layer = _LayerStream(blob_path, compression, algorithm, budget)
     applier = _Applier(target, mode)
     try:
         applier.apply(layer.reader)
@@ -918,14 +931,15 @@ def _check_digest(what: str, blob_path: Path, expected: str | None, got: str) ->
 
 def unpack_layer(blob_path: Path | str, dest: Path | str, *, media_type: str | None = None,
                  digest: str | None = None, diff_id: str | None = None,
-                 mode: Mode = "overlay") -> LayerResult:
-    """Unpack a layer into its own directory exactly once: into a temp dir, then rename."""
+                 mode: Mode = "overlay", budget: UnpackBudget | None = None) -> LayerResult:
+    """Unpack a layer into its own directory exactly once: into a temp dir, then rename;
+    a layer that fails (a bad digest, a blown ``budget``) leaves nothing behind."""
     blob_path, dest = Path(blob_path), Path(dest)
     if os.path.lexists(dest):
         return LayerResult(digest=digest or "", diff_id=diff_id or "", files=0, bytes=0)
     if is_planning():
         result = apply_layer(blob_path, dest, media_type=media_type, digest=digest,
-                             diff_id=diff_id, mode=mode)
+                             diff_id=diff_id, mode=mode, budget=budget)
         _rename_step(dest.with_name(f".{dest.name}.unpacking-…"), dest)
         return result
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -934,7 +948,7 @@ def unpack_layer(blob_path: Path | str, dest: Path | str, *, media_type: str | N
     try:
         os.chmod(tmp, 0o755)  # mkdtemp makes 0700; a layer without a ./ entry keeps 0755
         result = apply_layer(blob_path, tmp, media_type=media_type, digest=digest,
-                             diff_id=diff_id, mode=mode)
+                             diff_id=diff_id, mode=mode, budget=budget)
         _syncfs(tmp)  # the contents must be durable before the name says "complete"
         try:
             _rename_step(tmp, dest)

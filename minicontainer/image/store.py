@@ -138,7 +138,11 @@ class ImageStore:
         return digest
 
     def ingest_blob(self, chunks: Iterable[bytes], expected: str, size: int | None = None) -> str:
-        """Stream chunks into the store; the blob appears only once its digest checks out."""
+        """Stream chunks into the store; the blob appears only once its digest checks out.
+
+        A stream longer than ``size`` is cut off at the first byte too many: an endless
+        "layer" costs one chunk of disk past its descriptor, not the whole disk.
+        """
         path = self.blob_path(expected)
         if path.exists():
             return expected
@@ -151,6 +155,9 @@ class ImageStore:
                 for chunk in chunks:
                     h.update(chunk)
                     n += len(chunk)
+                    if size is not None and n > size:
+                        raise LayerError(f"size mismatch for {expected}: expected {size} bytes, received more "
+                                         f"({n} so far); stopped reading, nothing was stored")
                     f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
@@ -232,13 +239,17 @@ class ImageStore:
     def unpack_layers(self, image: Image) -> list[str]:
         """Unpack every layer of ``image`` once (keyed by diff_id); return lower dirs, top first."""
         from .layers import unpack_layer  # imported here: only needed when a layer is missing
+        from .limits import UnpackBudget
 
+        # the layers unpacked now share one MINICONTAINER_MAX_IMAGE_SIZE budget: a gzip bomb
+        # stops at the cap, and the failing layer's temp dir is removed
+        budget = UnpackBudget(f"image {image.ref}")
         dirs = []
         for desc, diff_id in zip(image.layers, image.diff_ids):
             dest = self.layer_dir(diff_id)
             if not dest.exists():
                 unpack_layer(self.blob_path(desc["digest"]), dest, media_type=desc.get("mediaType"),
-                             digest=desc["digest"], diff_id=diff_id)
+                             digest=desc["digest"], diff_id=diff_id, budget=budget)
             dirs.append(str(dest))
         return dirs[::-1]
 
