@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which co
 
 __version__ = "0.1.0"
 __all__ = ["run", "plan", "create", "start", "stop", "restart", "kill", "pause", "unpause", "rm", "exec", "ps",
-           "logs", "wait", "inspect", "commit", "build", "history", "Sandbox", "images", "pull", "push", "tag", "Trace", "Step", "namespace_ids",
+           "logs", "wait", "inspect", "commit", "build", "history", "Sandbox", "StepPlayer", "images", "pull", "push", "tag", "Trace", "Step", "namespace_ids",
            "MinicontainerError"]
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .engine.sandbox import Sandbox
     from .errors import MinicontainerError
     from .kernel.namespaces import namespace_ids
+    from .step_player import StepPlayer
     from .trace import Step, Trace
 
 _LAZY = {
@@ -37,6 +38,8 @@ _LAZY = {
     # images from a Dockerfile: build(context, tag=...), and the steps that made an image
     "build": ("engine.build", "build"), "history": ("engine.images", "image_history"),
     "Trace": ("trace", "Trace"), "Step": ("trace", "Step"),
+    # Back and Next through a Trace, or through a live Sandbox's steps (ipywidgets, with a static fallback)
+    "StepPlayer": ("step_player", "StepPlayer"),
     "namespace_ids": ("kernel.namespaces", "namespace_ids"),
     "MinicontainerError": ("errors", "MinicontainerError"),
 }
