@@ -1,0 +1,222 @@
+"""The container a submission's Jupyter kernel runs in: an OCI bundle run by `minicontainer runtime`.
+
+The kernel is the container's PID 1. It gets the engine's default security profile (the
+config.json `minicontainer run` would write: Docker's 14 capabilities, no_new_privs, the
+default seccomp profile, masked and read-only paths, the device allow-list), plus:
+
+- a **user namespace**: root in the container is an unprivileged host uid (a range of its
+  own per job slot), so its capabilities cover only the namespaces the container owns. That
+  is what lets a lab's own Sandbox unshare namespaces inside (CAP_SYS_ADMIN, which the
+  seccomp profile then allows too) without any power over the host: host files stay owned
+  by a uid the container can't act as, devices can't be made, /proc/sys can't be written;
+- memory, pids and CPU limits; no network (a new network namespace with only loopback);
+- a read-only root: the host's /usr, the project's venv and Python packages (never labs/,
+  where the hidden tests are), a made-up /etc, and small tmpfs for /tmp and the working dir;
+- the kernel's ZMQ sockets as unix sockets in a directory shared with the grader (ipc
+  transport): the grader, not the container, holds the notebook and runs nbclient.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_client.manager import AsyncKernelManager
+
+PROJECT = Path(__file__).resolve().parent.parent       # the checkout: grading/ and minicontainer/ live here
+UID_BASE = 1_000_000          # host uids the containers' root users map to: one range per job slot
+UID_RANGE = 65_536
+MOUNT_POINTS = ("proc", "dev", "sys", "tmp", "usr", "etc", "run/kernel", "work/submission")
+ETC_COPIED = ("ld.so.cache", "nsswitch.conf", "localtime")
+MERGED_USR_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
+
+
+@dataclass
+class SandboxLimits:
+    memory: int = 768 * 2**20
+    pids: int = 256
+    cpus: float = 1.0
+    tmp_size: str = "256m"        # /tmp: the lab's engine root lives here; tmpfs pages count against memory
+    work_size: str = "64m"        # the kernel's working directory
+
+
+def runtime_command() -> list[str]:
+    """How to call `minicontainer runtime` (the same Python as the grader)."""
+    return [sys.executable, "-m", "minicontainer", "runtime"]
+
+
+def default_config() -> dict:
+    """The config.json the engine writes for `run --cap-add SYS_ADMIN` (its default security profile,
+    with the seccomp rules Docker's profile grants that capability), via `run --explain`."""
+    out = subprocess.run([sys.executable, "-m", "minicontainer", "run", "--explain", "--cap-add", "SYS_ADMIN",
+                          "busybox", "true"],
+                         capture_output=True, text=True, check=True).stdout
+    return json.loads(out[out.index("\n{", out.index("config.json")) + 1:])
+
+
+def build_rootfs(root: Path) -> Path:
+    """An empty read-only root with mount points and Debian's merged-/usr links, and a tiny /etc."""
+    for d in MOUNT_POINTS:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for link in MERGED_USR_LINKS:
+        if os.path.islink(f"/{link}") and not (root / link).is_symlink():
+            (root / link).symlink_to(os.readlink(f"/{link}"))
+    etc = root / "etc"
+    (etc / "passwd").write_text("root:x:0:0:root:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+    (etc / "group").write_text("root:x:0:\nnogroup:x:65534:\n")
+    (etc / "hosts").write_text("127.0.0.1\tlocalhost\n")
+    (etc / "hostname").write_text("grading\n")
+    for name in ETC_COPIED:            # the dynamic linker's cache: ctypes.util.find_library reads it
+        if os.path.isfile(f"/etc/{name}"):
+            shutil.copyfile(f"/etc/{name}", etc / name)
+    for path in python_paths():
+        (root / path.lstrip("/")).mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def python_paths() -> list[str]:
+    """What the kernel's Python needs beyond /usr: the venv and the project's two packages."""
+    paths = [sys.prefix, str(PROJECT / "minicontainer"), str(PROJECT / "grading")]
+    return [p for p in paths if not p.startswith("/usr/")]
+
+
+def _bind(path: str, target: str | None = None, *, readonly: bool = True) -> dict:
+    return {"destination": target or path, "type": "bind", "source": path,
+            "options": ["rbind", "ro" if readonly else "rw", "nosuid", "nodev"]}
+
+
+def _tmpfs(target: str, size: str, uid: int) -> dict:
+    return {"destination": target, "type": "tmpfs", "source": "tmpfs",
+            "options": ["nosuid", "nodev", f"size={size}", "mode=1777"]}
+
+
+def kernel_config(base: dict, rootfs: Path, kernel_dir: Path, slot: int, limits: SandboxLimits,
+                  connection_file: str) -> dict:
+    """The kernel's config.json: ``base`` (the engine's default profile) with this container's changes."""
+    config = json.loads(json.dumps(base))
+    config.pop("annotations", None)
+    process = config["process"]
+    caps = process["capabilities"]["bounding"]
+    process["capabilities"] = {k: caps for k in ("bounding", "effective", "permitted")} | {"inheritable": [], "ambient": []}
+    process["args"] = ["/usr/bin/env", "PYTHONDONTWRITEBYTECODE=1", sys.executable, "-m", "ipykernel_launcher",
+                       "-f", connection_file, "--HistoryManager.enabled=False"]
+    process["cwd"] = "/work/submission"
+    process["env"] = ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/tmp", "LANG=C.UTF-8",
+                      "IPYTHONDIR=/tmp/.ipython", "JUPYTER_RUNTIME_DIR=/tmp/.jupyter-runtime",
+                      "MPLCONFIGDIR=/tmp/.matplotlib", "MPLBACKEND=agg",
+                      "MINICONTAINER_ROOT=/tmp/engine/lib", "MINICONTAINER_RUN=/tmp/engine/run",
+                      "MINICONTAINER_CONFIG_DIR=/tmp/engine/config"]
+    process["rlimits"] = [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024},
+                          {"type": "RLIMIT_FSIZE", "hard": 128 * 2**20, "soft": 128 * 2**20},
+                          {"type": "RLIMIT_CORE", "hard": 0, "soft": 0}]
+    process["user"] = {"uid": 0, "gid": 0}
+    config["root"] = {"path": str(rootfs), "readonly": True}
+    config["hostname"] = "grading"
+    uid = UID_BASE + slot * UID_RANGE
+    mounts = [m for m in config["mounts"] if m["destination"] in ("/proc", "/dev", "/sys", "/dev/pts", "/dev/shm",
+                                                                  "/dev/mqueue")]
+    mounts += [_bind("/usr"), *(_bind(p) for p in python_paths()),
+               _bind(str(kernel_dir), "/run/kernel", readonly=False),
+               _tmpfs("/tmp", limits.tmp_size, uid), _tmpfs("/work/submission", limits.work_size, uid)]
+    config["mounts"] = mounts
+    linux = config["linux"]
+    linux.pop("cgroupsPath", None)
+    linux["namespaces"] = [{"type": t} for t in ("user", "pid", "network", "ipc", "uts", "mount", "cgroup")]
+    linux["uidMappings"] = [{"containerID": 0, "hostID": uid, "size": UID_RANGE}]
+    linux["gidMappings"] = [{"containerID": 0, "hostID": uid, "size": UID_RANGE}]
+    resources = linux.setdefault("resources", {})
+    resources["memory"] = {"limit": limits.memory, "swap": limits.memory}
+    resources["pids"] = {"limit": limits.pids}
+    resources["cpu"] = {"quota": int(limits.cpus * 100_000), "period": 100_000}
+    return config
+
+
+class ContainerKernelManager(AsyncKernelManager):
+    """A kernel manager whose kernel is `minicontainer runtime run` of a prepared bundle.
+
+    Interrupts go as messages (the runtime's process is not the kernel); shutting down
+    deletes the container, so nothing it started outlives it.
+    """
+
+    def __init__(self, *, bundle: Path, container_id: str, runtime_root: Path, kernel_dir: Path, **kw):
+        super().__init__(transport="ipc", ip=str(kernel_dir / "k"), **kw)
+        self.bundle, self.container_id, self.runtime_root = bundle, container_id, runtime_root
+        self.connection_file = str(kernel_dir / "host-connection.json")
+        self._kernel_spec = KernelSpec(argv=[*runtime_command(), "--root", str(runtime_root), "run", "-b",
+                                             str(bundle), container_id],
+                                       display_name="grading sandbox", language="python",
+                                       interrupt_mode="message", env={})
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw) -> None:
+        # what the container writes to its own stdout/stderr (not through Jupyter) goes
+        # nowhere: it can't flood the grader's terminal or fill its disk
+        kw["stdout"] = kw["stderr"] = subprocess.DEVNULL
+        kw["stdin"] = subprocess.DEVNULL
+        await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+        """The runtime's command line; the kernel's own arguments are in config.json."""
+        return list(self.kernel_spec.argv)
+
+    def write_connection_file(self, **kwargs) -> None:
+        """The grader's connection file, and the kernel's copy with the paths it sees inside."""
+        super().write_connection_file(**kwargs)
+        info = json.loads(Path(self.connection_file).read_text())
+        info["ip"] = "/run/kernel/k"
+        inside = Path(self.connection_file).with_name("connection.json")
+        inside.write_text(json.dumps(info))
+        os.chown(inside, self.container_uid, self.container_uid)
+
+    container_uid = UID_BASE
+
+    async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+        try:
+            await super()._async_shutdown_kernel(now=True, restart=restart)
+        finally:
+            self.delete_container()
+
+    def delete_container(self) -> None:
+        subprocess.run([*runtime_command(), "--root", str(self.runtime_root), "delete", "-f", self.container_id],
+                       capture_output=True)
+
+
+@dataclass
+class Sandbox:
+    """One submission's bundle: a config.json, the kernel's socket directory, a fresh working dir."""
+
+    bundle: Path
+    kernel_dir: Path
+    container_id: str
+    runtime_root: Path
+    slot: int
+
+    @classmethod
+    def prepare(cls, base_config: dict, rootfs: Path, workspace: Path, runtime_root: Path, slot: int,
+                limits: SandboxLimits) -> "Sandbox":
+        container_id = "grading-" + uuid.uuid4().hex[:12]
+        bundle = workspace / container_id
+        kernel_dir = bundle / "kernel"
+        kernel_dir.mkdir(parents=True)
+        uid = UID_BASE + slot * UID_RANGE
+        os.chown(kernel_dir, uid, uid)
+        os.chmod(bundle, 0o711)
+        config = kernel_config(base_config, rootfs, kernel_dir, slot, limits, "/run/kernel/connection.json")
+        (bundle / "config.json").write_text(json.dumps(config, indent=1))
+        return cls(bundle, kernel_dir, container_id, runtime_root, slot)
+
+    def kernel_manager(self) -> ContainerKernelManager:
+        km = ContainerKernelManager(bundle=self.bundle, container_id=self.container_id,
+                                    runtime_root=self.runtime_root, kernel_dir=self.kernel_dir)
+        km.container_uid = UID_BASE + self.slot * UID_RANGE
+        return km
+
+    def remove(self) -> None:
+        subprocess.run([*runtime_command(), "--root", str(self.runtime_root), "delete", "-f", self.container_id],
+                       capture_output=True)
+        shutil.rmtree(self.bundle, ignore_errors=True)
