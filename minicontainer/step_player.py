@@ -373,17 +373,22 @@ SANDBOX_STEPS: tuple[tuple[str, Callable[[Sandbox], Any]], ...] = (
 
 # ---- rendering ----------------------------------------------------------------------------
 # Scoped under .mc-player; the step table reuses TRACE_STYLE (the frame is also .mc-trace).
+# The cell rule has three classes because JupyterLab's output CSS right-aligns every cell
+# with a two-class selector (:not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td).
 PLAYER_STYLE = """<style>
 .mc-player { max-width: 100%; text-align: left; }
 .mc-player .mc-frame { text-align: left; }
 .mc-player .mc-head { font-size: 13px; margin: 2px 0 4px; overflow-wrap: anywhere; }
+.mc-player .mc-frame.mc-trace td, .mc-player .mc-frame.mc-trace th, .mc-player .mc-frame.mc-trace tr {
+  text-align: left; vertical-align: top; padding: 2px 6px; }
+.mc-player .mc-frame.mc-trace table { margin: 0; width: 100%; }
 .mc-player .mc-step th { width: 6.5em; }
 .mc-player .mc-picture { display: flex; flex-wrap: wrap; gap: 6px; margin-top: 6px; }
 .mc-player .mc-box { flex: 1 1 280px; min-width: 0; padding: 4px 8px; border-radius: 3px; overflow-wrap: anywhere;
   font-size: 12px;
   border: 1px solid var(--jp-border-color2, rgba(128, 128, 128, 0.35)); }
 .mc-player .mc-box h4 { margin: 0 0 4px; font-size: 12px; }
-.mc-player .mc-box pre { margin: 0; white-space: pre-wrap; overflow-wrap: anywhere; font-size: 11px;
+.mc-player .mc-box pre { margin: 0; white-space: pre-wrap; overflow-wrap: break-word; font-size: 11px;
   background: transparent; color: inherit; font-family: var(--jp-code-font-family, monospace); }
 .mc-player .mc-box ul { margin: 0; padding-left: 1.2em; font-size: 11px; overflow-wrap: anywhere; }
 .mc-player .mc-new { font-weight: bold; color: var(--jp-success-color1, #2e7d32); }
