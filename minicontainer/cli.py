@@ -467,6 +467,8 @@ def _add_other_verbs(sub) -> None:
     rs.add_argument("--users-file", default=None, help="htpasswd file the token server checks (with --token-realm)")
     rs.add_argument("--allow-remote", action="store_true", help="allow a non-loopback --addr")
     rs.add_argument("-q", "--quiet", action="store_true", help="don't print one line per request")
+    rs.add_argument("--upload-max-age", type=float, default=3600.0, metavar="SECONDS",
+                    help="remove upload sessions untouched this long (checked while serving; default 3600)")
     rs.set_defaults(func=cmd_registry_serve)
     rh = regsub.add_parser("htpasswd", help="add or replace a user in an htpasswd file")
     rh.add_argument("file")
@@ -480,7 +482,8 @@ def cmd_registry_serve(a: argparse.Namespace) -> int:
     from .registry.server import serve
 
     return serve(a.root or engine_root() / "registry", a.addr, htpasswd=a.htpasswd or a.users_file,
-                 token_realm=a.token_realm, allow_remote=a.allow_remote, quiet=a.quiet)
+                 token_realm=a.token_realm, allow_remote=a.allow_remote, quiet=a.quiet,
+                 upload_max_age=a.upload_max_age)
 
 
 def cmd_registry_htpasswd(a: argparse.Namespace) -> int:

@@ -708,3 +708,263 @@ def test_stop_closes_idle_keep_alive_connections(engine_root):
         server.stop()
         with pytest.raises(httpx.HTTPError):
             c.get("/v2/")
+
+
+# ---- hostile input (issue 11): each of these once gave a 500, a wrong status or stray state ----
+def stored_files(root: Path) -> set[str]:
+    """Every file under the registry root, as paths relative to it (the lock files aside)."""
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != "_lock"}
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "DELETE"])
+@pytest.mark.parametrize("reference", [".INVALID_MANIFEST_NAME", "sha256:nothex", "md5:" + "0" * 32,
+                                       "-dash", "a" * 129])
+def test_a_reference_that_is_neither_tag_nor_digest_names_no_manifest(client, method, reference):
+    # distribution and the OCI conformance suite: such a manifest is simply unknown (404)
+    r = client.request(method, f"/v2/student/app/manifests/{reference}")
+    assert r.status_code == 404
+    if method != "HEAD":
+        assert error_codes(r) == ["MANIFEST_UNKNOWN"]
+
+
+def test_mount_without_from_links_a_blob_the_registry_already_holds(registry, client):
+    digest = push_blob(client, "library/base", b"a layer everybody has")
+    r = client.post("/v2/student/app/blobs/uploads/", params={"mount": digest})
+    assert r.status_code == 201, r.text
+    assert r.headers["Location"] == f"/v2/student/app/blobs/{digest}"
+    assert client.get(f"/v2/student/app/blobs/{digest}").content == b"a layer everybody has"
+    # the repository that already has it may ask again: still 201, nothing to upload
+    assert client.post("/v2/student/app/blobs/uploads/", params={"mount": digest}).status_code == 201
+    # a digest nobody holds starts an ordinary upload, as a mount that can't be done always does
+    r = client.post("/v2/student/app/blobs/uploads/", params={"mount": digest_of(b"nobody has this")})
+    assert r.status_code == 202 and "/blobs/uploads/" in r.headers["Location"]
+    assert "mount_blob" in registry.trace.names()
+
+
+def test_automatic_mount_only_takes_blobs_from_repositories_the_token_may_read(engine_root):
+    with RegistryServer(engine_root / "registry", "127.0.0.1:0", token_realm=True,
+                        users={"alice": "a", "bob": "b"}) as server, httpx.Client(base_url=server.url) as c:
+        def token(user: str, *scopes: str) -> dict[str, str]:
+            r = c.get("/token", params={"service": "minicontainer-registry", "scope": list(scopes)},
+                      auth=(user, user[0]))
+            return {"Authorization": f"Bearer {r.json()['token']}"}
+        secret = b"alice's private layer"
+        alice = token("alice", "repository:alice/app:pull,push")
+        assert c.post("/v2/alice/app/blobs/uploads/", params={"digest": digest_of(secret)},
+                      content=secret, headers=alice).status_code == 201
+
+        only_own = token("bob", "repository:bob/app:pull,push")
+        r = c.post("/v2/bob/app/blobs/uploads/", params={"mount": digest_of(secret)}, headers=only_own)
+        assert r.status_code == 202, "a token without pull on alice/app must not learn that alice has the blob"
+        assert c.head(f"/v2/bob/app/blobs/{digest_of(secret)}", headers=only_own).status_code == 404
+
+        with_read = token("bob", "repository:bob/app:pull,push", "repository:alice/app:pull")
+        r = c.post("/v2/bob/app/blobs/uploads/", params={"mount": digest_of(secret)}, headers=with_read)
+        assert r.status_code == 201
+        assert c.get(f"/v2/bob/app/blobs/{digest_of(secret)}", headers=only_own).content == secret
+
+
+@pytest.mark.parametrize("content_type,body", [
+    (OCI_MANIFEST, {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": 5}),
+    ("", {"schemaVersion": 2, "mediaType": 5}),
+    (OCI_MANIFEST, {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "subject": "str"}),
+    (OCI_MANIFEST, {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "layers": []}),
+    (OCI_MANIFEST, {"schemaVersion": 2, "config": {"mediaType": OCI_CONFIG, "digest": "sha256:x", "size": 2}}),
+    (OCI_MANIFEST, {"schemaVersion": 2, "config": {"mediaType": OCI_CONFIG, "size": 2}}),
+    (OCI_MANIFEST, {"schemaVersion": 2, "config": {"mediaType": 7, "digest": digest_of(b"{}"), "size": 2}}),
+    (OCI_MANIFEST, {"schemaVersion": 2, "config": {"mediaType": OCI_CONFIG, "digest": digest_of(b"{}"),
+                                                   "size": "2"}}),
+    (OCI_MANIFEST, {"schemaVersion": 2, "config": {"mediaType": OCI_CONFIG, "digest": digest_of(b"{}"),
+                                                   "size": -1}}),
+    (OCI_MANIFEST, {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "annotations": ["not", "a", "map"],
+                    "config": {"mediaType": OCI_CONFIG, "digest": digest_of(b"{}"), "size": 2}}),
+    (OCI_MANIFEST, {"schemaVersion": 2, "artifactType": {}, "config": {
+        "mediaType": OCI_CONFIG, "digest": digest_of(b"{}"), "size": 2}}),
+    (OCI_MANIFEST, {"schemaVersion": 2, "config": {"mediaType": OCI_CONFIG, "digest": digest_of(b"{}"),
+                                                   "size": 2}, "layers": {"not": "a list"}}),
+    (OCI_INDEX, {"schemaVersion": 2, "mediaType": OCI_INDEX}),
+    (OCI_INDEX, {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [5]}),
+    ("text/plain", {"schemaVersion": 2}),
+    ("not a media type", {"schemaVersion": 2}),
+    (OCI_MANIFEST, ["a", "list"]),
+])
+def test_a_structurally_wrong_manifest_is_manifest_invalid_and_nothing_is_stored(registry, client,
+                                                                                 content_type, body):
+    push_blob(client, "student/app", b"{}")
+    before = stored_files(registry.root)
+    r = put_manifest(client, "student/app", "v1", json.dumps(body).encode(), content_type)
+    assert (r.status_code, error_codes(r)) == (400, ["MANIFEST_INVALID"]), r.text
+    assert stored_files(registry.root) == before
+    assert client.get("/v2/student/app/manifests/v1").status_code == 404
+
+
+def test_a_manifest_nested_beyond_the_parsers_depth_is_manifest_invalid(client):
+    body = b"[" * 200_000 + b"]" * 200_000  # json.loads would recurse until RecursionError
+    r = put_manifest(client, "student/app", "v1", body)
+    assert (r.status_code, error_codes(r)) == (400, ["MANIFEST_INVALID"])
+
+
+def raw_request(url: str, request: bytes) -> bytes:
+    """Send bytes on a fresh connection and read the answer until the server closes it."""
+    import socket
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port))) as sock:
+        sock.settimeout(60)  # a server waiting for a body that never comes would hang the test
+        sock.sendall(request)
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except TimeoutError:
+            pass
+    return answer
+
+
+@pytest.mark.parametrize("length", ["-1", "-99999", "+5", "5_0", " 0x10", "1" * 30])
+def test_a_content_length_that_is_not_a_plain_decimal_is_refused_at_once(registry, client, length):
+    location = client.post("/v2/student/app/blobs/uploads/").headers["Location"]
+    answer = raw_request(registry.url, f"PATCH {location} HTTP/1.1\r\nHost: x\r\n"
+                                       f"Content-Length: {length}\r\n\r\n".encode())
+    status_line = answer.split(b"\r\n", 1)[0]
+    assert status_line.startswith(b"HTTP/1.1 400 "), answer[:300]
+    assert b"Connection: close" in answer  # the body's end is unknowable: the server hangs up
+
+
+@pytest.mark.parametrize("headers", [{"Content-Range": "0-" + "9" * 5000},
+                                     {"Content-Range": "9" * 5000 + "-" + "9" * 5001},
+                                     {"Content-Range": "\u0661-\u0662"}])
+def test_content_ranges_with_absurd_numbers_get_416_not_an_error(client, headers):
+    location = client.post("/v2/student/app/blobs/uploads/").headers["Location"]
+    r = client.patch(location, content=b"x", headers={k: v.encode() for k, v in headers.items()})
+    assert r.status_code == 416
+
+
+@pytest.mark.parametrize("range_header", ["bytes=0-" + "9" * 5000, "bytes=" + "9" * 5000 + "-",
+                                          "bytes=-" + "9" * 5000])
+def test_blob_ranges_with_absurd_numbers_are_answered_not_crashed_on(client, range_header):
+    digest = push_blob(client, "student/app", b"0123456789")
+    r = client.get(f"/v2/student/app/blobs/{digest}", headers={"Range": range_header})
+    assert r.status_code in (206, 416)
+
+
+@pytest.mark.parametrize("n", ["9" * 5000, "\u00b2", "-1"])
+def test_tag_list_page_sizes_that_are_not_small_integers_get_a_clean_answer(client, n):
+    digest = push_blob(client, "student/app", b"{}")
+    put_manifest(client, "student/app", "v1", json.dumps({
+        "schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": descriptor(OCI_CONFIG, b"{}"),
+        "layers": []}).encode())
+    assert digest
+    r = client.get("/v2/student/app/tags/list", params={"n": n})
+    assert r.status_code in (200, 400)
+
+
+def test_an_anonymous_token_cannot_list_the_catalog(engine_root):
+    with RegistryServer(engine_root / "registry", "127.0.0.1:0", token_realm=True,
+                        users={"student": "pw"}) as server, httpx.Client(base_url=server.url) as c:
+        r = c.get("/v2/_catalog")
+        assert r.status_code == 401
+        challenge = parse_challenge(r.headers["WWW-Authenticate"])
+        assert challenge["scope"] == "registry:catalog:*"
+        anonymous = c.get("/token", params={"service": challenge["service"], "scope": challenge["scope"]})
+        assert server.issuer.verify(anonymous.json()["token"]).access == []
+        r = c.get("/v2/_catalog", headers={"Authorization": f"Bearer {anonymous.json()['token']}"})
+        assert r.status_code == 403 and error_codes(r) == ["DENIED"]
+        student = c.get("/token", params={"service": challenge["service"], "scope": challenge["scope"]},
+                        auth=("student", "pw"))
+        r = c.get("/v2/_catalog", headers={"Authorization": f"Bearer {student.json()['token']}"})
+        assert r.status_code == 200 and r.json() == {"repositories": []}
+
+
+def test_abandoned_uploads_are_swept_while_serving_after_a_kill_9_mid_push(engine_root):
+    root = engine_root / "registry"
+    child = subprocess.Popen([sys.executable, "-c", SERVER_CHILD, str(root)], stdout=subprocess.PIPE, text=True)
+    try:
+        url = child.stdout.readline().strip()
+        with httpx.Client(base_url=url) as c:
+            location = c.post("/v2/student/app/blobs/uploads/").headers["Location"]
+            assert c.patch(location, content=os.urandom(1 << 20)).status_code == 202
+            # the push is under way (1 MiB stored) when the server is killed
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdout.close()
+    abandoned = root / "uploads" / location.rsplit("/", 1)[1]
+    assert (abandoned / "data").stat().st_size == 1 << 20
+    an_hour_ago = time.time() - 3600
+    for path in (abandoned, *abandoned.iterdir()):
+        os.utime(path, (an_hour_ago, an_hour_ago))  # as if nobody touched it for an hour
+
+    with RegistryServer(root, "127.0.0.1:0", upload_max_age=600, sweep_interval=0.05) as server, \
+            httpx.Client(base_url=server.url) as c:
+        fresh = c.post("/v2/student/app/blobs/uploads/").headers["Location"]
+        swept_at_start = not abandoned.exists()
+        for _ in range(2000):  # the sweeper runs every 50 ms; give it plenty of rounds
+            if not abandoned.exists() and server.uploads_swept:
+                break
+            time.sleep(0.05)
+        assert not abandoned.exists(), "an upload untouched for longer than upload_max_age is removed"
+        assert c.get(location).status_code == 404
+        assert c.get(fresh).status_code == 204, "a session in use is never swept"
+        assert swept_at_start or server.uploads_swept >= 1
+
+
+def test_the_sweeper_keeps_running_while_serving(engine_root):
+    root = engine_root / "registry"
+    with RegistryServer(root, "127.0.0.1:0", upload_max_age=600, sweep_interval=0.05) as server, \
+            httpx.Client(base_url=server.url) as c:
+        location = c.post("/v2/student/app/blobs/uploads/").headers["Location"]
+        directory = root / "uploads" / location.rsplit("/", 1)[1]
+        an_hour_ago = time.time() - 3600
+        for path in (directory, *directory.iterdir()):
+            os.utime(path, (an_hour_ago, an_hour_ago))  # abandoned after the server started
+        for _ in range(2000):
+            if not directory.exists():
+                break
+            time.sleep(0.05)
+        assert not directory.exists()
+        r = c.patch(location, content=b"too late")
+        assert (r.status_code, error_codes(r)) == (404, ["BLOB_UPLOAD_UNKNOWN"])
+
+
+def test_a_session_finished_twice_at_once_is_stored_once_and_answered_cleanly(registry, client):
+    data = os.urandom(4 << 20)
+    location = client.post("/v2/student/app/blobs/uploads/").headers["Location"]
+    client.patch(location, content=data)
+    statuses: list[int] = []
+
+    def finish():
+        with httpx.Client(base_url=registry.url) as c:
+            statuses.append(c.put(location, params={"digest": digest_of(data)}).status_code)
+    threads = [threading.Thread(target=finish) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(statuses)[0] == 201 and set(statuses) <= {201, 404}
+    assert client.get(f"/v2/student/app/blobs/{digest_of(data)}").content == data
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "minicontainer", *args], capture_output=True, text=True)
+
+
+def test_serve_with_a_missing_htpasswd_file_gives_the_real_syntax_and_creates_no_root(engine_root):
+    root = engine_root / "never-made"
+    done = run_cli("registry", "serve", "--root", str(root), "--addr", "127.0.0.1:0",
+                   "--htpasswd", "/nonexistent")
+    assert done.returncode != 0
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert "minicontainer registry htpasswd /nonexistent USER" in done.stderr
+    assert not root.exists()
+
+
+@pytest.mark.parametrize("addr", ["0.0.0.0:0", "127.0.0.1", "127.0.0.1:99999"])
+def test_serve_that_cannot_listen_creates_no_root(engine_root, addr):
+    root = engine_root / "never-made"
+    done = run_cli("registry", "serve", "--root", str(root), "--addr", addr)
+    assert done.returncode != 0
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+    assert not root.exists()

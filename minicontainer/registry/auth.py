@@ -33,6 +33,7 @@ from minicontainer.errors import RegistryError
 SERVICE = "minicontainer-registry"
 PBKDF2_ITERATIONS = 200_000
 ALL_ACTIONS = ("pull", "push", "delete")
+CATALOG_SCOPE = "registry:catalog:*"  # the scope distribution's token servers grant to list /v2/_catalog
 
 
 class AuthError(RegistryError):
@@ -68,7 +69,7 @@ def load_htpasswd(path: Path | str) -> dict[str, str]:
         text = path.read_text()
     except FileNotFoundError:
         raise AuthError(f"htpasswd file {path} does not exist: create it with "
-                        "`minicontainer registry htpasswd USER >> FILE`") from None
+                        f"`minicontainer registry htpasswd {path} USER`") from None
     users: dict[str, str] = {}
     for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -175,9 +176,14 @@ class Scope:
 
 
 def grant(user: str | None, requested: list[Scope]) -> list[dict[str, Any]]:
-    """The teaching policy: '<user>/...' is yours (pull, push, delete); elsewhere pull; anonymous pull."""
+    """The teaching policy: '<user>/...' is yours (pull, push, delete); elsewhere pull; anonymous pull;
+    the catalog only for a signed-in user."""
     access = []
     for scope in requested:
+        if scope.type == "registry" and scope.name == "catalog":
+            if user and "*" in scope.actions:  # listing every repository is for signed-in users
+                access.append({"type": "registry", "name": "catalog", "actions": ["*"]})
+            continue
         if scope.type != "repository":
             continue
         if user and scope.name.startswith(f"{user}/"):
@@ -210,9 +216,10 @@ class TokenClaims:
     iat: int = 0
     access: list[dict[str, Any]] = field(default_factory=list)
 
-    def allows(self, name: str, action: str) -> bool:
+    def allows(self, name: str, action: str, kind: str = "repository") -> bool:
+        """Whether the token grants ``action`` on ``kind:name`` (``registry:catalog`` lists repositories)."""
         for entry in self.access:
-            if entry.get("type") == "repository" and entry.get("name") == name:
+            if entry.get("type") == kind and entry.get("name") == name:
                 actions = entry.get("actions", [])
                 if action in actions or "*" in actions:
                     return True

@@ -43,8 +43,13 @@ API_VERSION_HEADER = ("Docker-Distribution-API-Version", "registry/2.0")
 
 # The name may contain '/', so take the longest name that leaves a known endpoint after it.
 ROUTE_RE = re.compile(r"^/v2/(?P<name>.+)/(?P<kind>blobs/uploads|blobs|manifests|referrers|tags)/(?P<ref>[^/]*)$")
-CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d+)-(\d+)$")
-BYTE_RANGE_RE = re.compile(r"^bytes=(\d*)-(\d*)$")
+# ASCII digits only ('\d' also matches other scripts' digits), and few enough for any real size
+CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?([0-9]{1,18})-([0-9]{1,18})$")
+BYTE_RANGE_RE = re.compile(r"^bytes=([0-9]{0,18})-([0-9]{0,18})$")
+CONTENT_LENGTH_RE = re.compile(r"^[0-9]{1,18}$")
+PAGE_SIZE_RE = re.compile(r"^[0-9]{1,9}$")
+UPLOAD_MAX_AGE = 3600.0        # seconds an upload session may sit untouched before it is swept
+SWEEP_INTERVAL = 600.0         # seconds between sweeps while serving
 
 
 # ---- the request log ------------------------------------------------------------------
@@ -88,15 +93,21 @@ class _Body:
     def __init__(self, rfile: Any, headers: Any):
         self.rfile = rfile
         self.chunked = "chunked" in headers.get("Transfer-Encoding", "").lower()
-        length = headers.get("Content-Length")
-        try:
-            self.remaining = 0 if self.chunked or length is None else int(length)
-        except ValueError:
-            self.remaining = 0
-            self.done = True
-            raise DistributionError(400, "SIZE_INVALID", "Content-Length is not a number") from None
-        self.done = not self.chunked and self.remaining == 0
         self.received = 0
+        self.remaining = 0
+        self.done = True
+        lengths = {value.strip() for value in headers.get_all("Content-Length", [])}
+        if not self.chunked and lengths:
+            # Like Go's net/http: anything but one plain decimal byte count leaves the body's end
+            # unknowable, so answer 400 at once and hang up rather than read until the client does.
+            length = lengths.pop()
+            if lengths or not CONTENT_LENGTH_RE.match(length):
+                raise DistributionError(400, "SIZE_INVALID",
+                                        f"Content-Length {length!r} is not one non-negative decimal "
+                                        "number: send the body's size in bytes",
+                                        headers={"Connection": "close"})
+            self.remaining = int(length)
+        self.done = not self.chunked and self.remaining == 0
         self._buffer: memoryview | None = None
 
     @property
@@ -271,8 +282,11 @@ class _Handler(BaseHTTPRequestHandler):
         return f"curl -X {self.command}{extra} '{self.server.registry.url}{self.path}'"
 
     # ---- authentication ---------------------------------------------------------------
-    def _authorize(self, name: str | None, action: str) -> None:
-        """Let the request through, or raise 401/403 with the challenge that tells the client how."""
+    def _authorize(self, name: str | None, action: str, *, catalog: bool = False) -> None:
+        """Let the request through, or raise 401/403 with the challenge that tells the client how.
+
+        ``catalog``: listing every repository, which a token must grant as ``registry:catalog:*``.
+        """
         registry = self.server.registry
         header = self.headers.get("Authorization")
         if registry.mode == "none":
@@ -285,6 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise DistributionError(401, "UNAUTHORIZED", "authentication required",
                                     headers={"WWW-Authenticate": auth.basic_challenge()})
         scope = f"repository:{name}:{_scope_actions(action)}" if name else None
+        if catalog:
+            scope = auth.CATALOG_SCOPE
         challenge = {"WWW-Authenticate": auth.bearer_challenge(registry.realm, registry.issuer.service, scope)}
         token = auth.parse_bearer(header)
         if token is None:
@@ -297,6 +313,11 @@ class _Handler(BaseHTTPRequestHandler):
             raise DistributionError(401, "UNAUTHORIZED", str(exc), headers=challenge) from None
         self._claims = claims
         self._auth = f"bearer:{claims.sub or 'anonymous'}"
+        if catalog and not claims.allows("catalog", "*", kind="registry"):
+            challenge = {"WWW-Authenticate": auth.bearer_challenge(
+                registry.realm, registry.issuer.service, scope, "insufficient_scope")}
+            raise DistributionError(403, "DENIED", "listing the catalog needs a token for a signed-in user",
+                                    {"scope": scope}, headers=challenge)
         if name is not None and not claims.allows(name, action):
             # RFC 6750: a valid token without the needed scope is 403 insufficient_scope
             challenge = {"WWW-Authenticate": auth.bearer_challenge(
@@ -321,7 +342,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._send_json(200, {})
         if path == "/v2/_catalog":
             self._only("GET")
-            self._authorize(None, "pull")
+            self._authorize(None, "pull", catalog=True)
             return self._catalog()
         match = ROUTE_RE.match(path)
         if not path.startswith("/v2/") or match is None:
@@ -357,11 +378,11 @@ class _Handler(BaseHTTPRequestHandler):
         """POST: mount from another repository, take the whole blob at once, or open a session."""
         self._authorize(name, "push")
         storage = self.server.registry.storage
-        mount, source = self._param("mount"), self._param("from")
+        mount = self._param("mount")
         if mount:
             parse_digest(mount)
-            if source and _valid_name(source) and self._may(source, "pull") \
-                    and storage.has_blob(source, mount):
+            source = self._mount_source(name, mount, self._param("from"))
+            if source is not None:
                 self._traced("mount_blob", f"link a blob {source} already has into {name}: no upload",
                              self._curl(), lambda: storage.mount_blob(name, mount, source) and mount)
                 return self._created_blob(name, mount)
@@ -376,6 +397,22 @@ class _Handler(BaseHTTPRequestHandler):
             return self._created_blob(name, digest)
         upload_id = storage.start_upload(name)
         self._send(202, storage.range_headers(name, upload_id, 0))
+
+    def _mount_source(self, name: str, digest: str, source: str | None) -> str | None:
+        """The repository a mount takes the blob from, or None to fall back to an upload.
+
+        With ``from``, that repository, if the caller may pull from it. Without (automatic
+        cross-mount, OCI distribution spec v1.1), any repository holding the blob that the
+        caller may pull from, so a mount never reveals a blob the caller could not read.
+        """
+        storage = self.server.registry.storage
+        if source:
+            readable = _valid_name(source) and self._may(source, "pull")
+            return source if readable and storage.has_blob(source, digest) else None
+        for candidate in storage.repositories_holding(digest):
+            if candidate == name or self._may(candidate, "pull"):
+                return candidate
+        return None
 
     def _append(self, name: str, upload_id: str) -> int:
         """Append this request's body to the upload, honouring Content-Range when given."""
@@ -497,7 +534,7 @@ class _Handler(BaseHTTPRequestHandler):
             items = [i for i in items if i > last]
         if n is None or n == "":
             return items, {}
-        if not n.isdigit():
+        if not PAGE_SIZE_RE.match(n):
             raise DistributionError(400, "UNSUPPORTED", "n must be a non-negative integer", {"n": n})
         page = items[:int(n)]
         if page and len(items) > len(page):
@@ -600,6 +637,8 @@ def _split_addr(addr: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise RegistryError(f"registry address {addr!r} is not HOST:PORT: use e.g. 127.0.0.1:5000")
     host = host.strip("[]")
+    if int(port) > 65535:
+        raise RegistryError(f"registry address {addr!r} has port {port}: ports go from 0 to 65535")
     return ("127.0.0.1" if host == "localhost" else host), int(port)
 
 
@@ -618,15 +657,26 @@ class RegistryServer:
                  users: dict[str, str] | None = None, allow_remote: bool = False,
                  token_secret: bytes | None = None,
                  on_request: Callable[[RequestLogEntry], None] | None = None,  # called when a request is done
-                 log_limit: int = 100_000):
-        """``users`` maps user names to plain passwords (handy in tests and notebooks)."""
+                 log_limit: int = 100_000, upload_max_age: float = UPLOAD_MAX_AGE,
+                 sweep_interval: float = SWEEP_INTERVAL):
+        """``users`` maps user names to plain passwords (handy in tests and notebooks).
+
+        Upload sessions untouched for ``upload_max_age`` seconds are removed at start-up and
+        then every ``sweep_interval`` seconds while serving (a client that died mid-push).
+        """
         host, port = _split_addr(addr)
         if not allow_remote and not _is_loopback(host):
             raise RegistryError(f"refusing to listen on {host or '*'}:{port}, which other machines can reach: "
                                 "use 127.0.0.1 or pass allow_remote=True (--allow-remote)")
-        self.root = Path(root)
-        self.storage = RegistryStorage(self.root)
+        if upload_max_age <= 0 or sweep_interval <= 0:
+            raise RegistryError("upload_max_age and sweep_interval must be positive numbers of seconds")
+        # everything that can refuse comes first: a server that fails to start creates no storage
         hashed = auth.load_htpasswd(htpasswd) if htpasswd is not None else {}
+        self.root = Path(root)
+        self.upload_max_age, self.sweep_interval = upload_max_age, sweep_interval
+        self.uploads_swept = 0  # upload sessions the sweeper removed (start-up included)
+        self._stop_sweeping = threading.Event()
+        self._sweeper: threading.Thread | None = None
         self.credentials = auth.Credentials(hashed, users)
         self.mode = "token" if token_realm else ("basic" if htpasswd is not None or users else "none")
         self.issuer = auth.TokenIssuer(token_secret)
@@ -644,6 +694,12 @@ class RegistryServer:
             raise RegistryError(f"cannot listen on {host}:{port}: {exc.strerror}: "
                                 "stop the other server or pick another address") from None
         self._httpd.registry = self
+        try:
+            self.storage = RegistryStorage(self.root)
+        except OSError as exc:
+            self._httpd.server_close()
+            raise RegistryError(f"cannot use {self.root} as the registry's storage: {exc.strerror}: "
+                                "pick a directory the registry may create and write") from None
         bound_port = self._httpd.server_address[1]
         self.url = f"http://[{host}]:{bound_port}" if ":" in host else f"http://{host}:{bound_port}"
         self.realm = f"{self.url}/token"
@@ -657,10 +713,36 @@ class RegistryServer:
             if len(self.log) > self.log_limit:
                 del self.log[: len(self.log) - self.log_limit]
 
+    def sweep_uploads(self) -> int:
+        """Remove upload sessions untouched for ``upload_max_age`` seconds; how many went."""
+        removed = self.storage.sweep_uploads(self.upload_max_age)
+        self.uploads_swept += removed
+        return removed
+
+    def _sweep_while_serving(self) -> None:
+        while not self._stop_sweeping.wait(self.sweep_interval):
+            try:
+                self.sweep_uploads()
+            except OSError:
+                traceback.print_exc(file=sys.stderr)  # try again next round; serving goes on
+
+    def _start_sweeper(self) -> None:
+        self.sweep_uploads()
+        self._stop_sweeping.clear()
+        self._sweeper = threading.Thread(target=self._sweep_while_serving, name=f"sweeper {self.url}",
+                                         daemon=True)
+        self._sweeper.start()
+
+    def _stop_sweeper(self) -> None:
+        self._stop_sweeping.set()
+        if self._sweeper is not None:
+            self._sweeper.join()
+            self._sweeper = None
+
     def start(self) -> "RegistryServer":
         """Serve in a background thread; returns self so ``srv = RegistryServer(...).start()`` works."""
         if self._thread is None:
-            self.storage.sweep_uploads()
+            self._start_sweeper()
             self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
                                             name=f"registry {self.url}", daemon=True)
             self._thread.start()
@@ -672,6 +754,7 @@ class RegistryServer:
             self._httpd.shutdown()
             self._thread.join()
             self._thread = None
+        self._stop_sweeper()
         self._close_connections()
 
     def _close_connections(self, wait: float = 5.0) -> None:
@@ -687,12 +770,13 @@ class RegistryServer:
 
     def serve_forever(self) -> None:
         """Serve in the foreground (the CLI); Ctrl-C stops cleanly."""
-        self.storage.sweep_uploads()
+        self._start_sweeper()
         try:
             self._httpd.serve_forever(poll_interval=0.2)
         except KeyboardInterrupt:
             pass
         finally:
+            self._stop_sweeper()
             self._close_connections()
 
     def __enter__(self) -> "RegistryServer":
@@ -704,14 +788,15 @@ class RegistryServer:
 
 def serve(root: Path | str, addr: str = "127.0.0.1:5000", *, htpasswd: Path | str | None = None,
           token_realm: bool = False, allow_remote: bool = False, quiet: bool = False,
-          out: Any = None) -> int:
+          upload_max_age: float = UPLOAD_MAX_AGE, out: Any = None) -> int:
     """``minicontainer registry serve``: run in the foreground, one log line per request."""
     out = out or sys.stderr
 
     def show(entry: RequestLogEntry) -> None:
         print(entry, file=out, flush=True)
     server = RegistryServer(root, addr, htpasswd=htpasswd, token_realm=token_realm,
-                            allow_remote=allow_remote, on_request=None if quiet else show)
+                            allow_remote=allow_remote, on_request=None if quiet else show,
+                            upload_max_age=upload_max_age, sweep_interval=min(SWEEP_INTERVAL, upload_max_age / 2))
     extra = f", token realm {server.realm}" if server.mode == "token" else ""
     print(f"registry listening on {server.url} (storage {server.root}, auth {server.mode}{extra}); "
           "Ctrl-C stops", file=out, flush=True)

@@ -48,6 +48,8 @@ TAG_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9._-]{0,127}$")
 DIGEST_RE = re.compile(r"^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$")
 HEX_LENGTH = {"sha256": 64, "sha512": 128}
 UPLOAD_ID_RE = re.compile(r"^[a-f0-9]{32}$")
+# RFC 6838 section 4.2: type "/" subtype, each a restricted name of 1 to 127 characters
+MEDIA_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,126}$")
 MAX_NAME_LENGTH = 255
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024  # the spec asks registries to accept at least 4 MiB
 
@@ -56,6 +58,9 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 DOCKER_LIST = "application/vnd.docker.distribution.manifest.list.v2+json"
 INDEX_TYPES = {OCI_INDEX, DOCKER_LIST}
+IMAGE_MANIFEST_TYPES = {OCI_MANIFEST, DOCKER_MANIFEST}
+OCI_ARTIFACT = "application/vnd.oci.artifact.manifest.v1+json"  # from the v1.1 release candidates
+MANIFEST_TYPES = INDEX_TYPES | IMAGE_MANIFEST_TYPES | {OCI_ARTIFACT}
 
 
 class DistributionError(RegistryError):
@@ -151,6 +156,7 @@ class _Upload:
     size: int = 0
     hasher: Any = None  # running sha256 of data; None means "rehash the file when needed"
     lock: threading.Lock = field(default_factory=threading.Lock)
+    gone: bool = False  # finished, cancelled or swept: a request still holding it must not touch it
 
     @property
     def data(self) -> Path:
@@ -235,6 +241,12 @@ class RegistryStorage:
         self.link_blob(name, digest)
         return True
 
+    def repositories_holding(self, digest: str) -> list[str]:
+        """The repositories in which a blob is visible (where a mount without ``from`` may take it)."""
+        if not self.blob_file(digest).exists():
+            return []
+        return [name for name in self.repositories() if self.has_blob(name, digest)]
+
     # ---- uploads ----------------------------------------------------------------------
     def start_upload(self, name: str) -> str:
         """Open an upload session: a private directory that no reader ever looks at."""
@@ -272,6 +284,13 @@ class RegistryStorage:
     def upload_size(self, name: str, upload_id: str) -> int:
         return self._upload(name, upload_id).size
 
+    @staticmethod
+    def _check_not_gone(up: _Upload) -> None:
+        """Under ``up.lock``: another request finished or cancelled it, or the sweeper removed it."""
+        if up.gone:
+            raise DistributionError(404, "BLOB_UPLOAD_UNKNOWN", "blob upload unknown to registry",
+                                    {"upload": up.id})
+
     def _ensure_hasher(self, up: _Upload) -> None:
         if up.hasher is None:
             h = hashlib.sha256()
@@ -285,6 +304,7 @@ class RegistryStorage:
         """Append a chunk, hashing it as it arrives; ``start`` must equal the bytes stored."""
         up = self._upload(name, upload_id)
         with up.lock:
+            self._check_not_gone(up)
             self._ensure_hasher(up)
             if start is not None and start != up.size:
                 raise DistributionError(
@@ -315,6 +335,7 @@ class RegistryStorage:
         alg, hexpart = parse_digest(digest)
         up = self._upload(name, upload_id)
         with up.lock:
+            self._check_not_gone(up)
             if alg == "sha256":
                 self._ensure_hasher(up)
                 actual = up.hasher.hexdigest()
@@ -343,12 +364,15 @@ class RegistryStorage:
     def cancel_upload(self, name: str, upload_id: str) -> None:
         up = self._upload(name, upload_id)
         with up.lock:
+            self._check_not_gone(up)
             self._forget_upload(up)
 
     def _forget_upload(self, up: _Upload) -> None:
-        shutil.rmtree(up.dir, ignore_errors=True)
+        """Under ``up.lock``: remove the session's files and its entry, and mark it gone."""
+        up.gone = True
         with self._uploads_lock:
             self._uploads.pop(up.id, None)
+        shutil.rmtree(up.dir, ignore_errors=True)
 
     def put_blob(self, name: str, digest: str, chunks: Iterable[bytes | memoryview]) -> str:
         """A monolithic upload: one session, one chunk, checked and renamed into place."""
@@ -362,19 +386,34 @@ class RegistryStorage:
             raise
 
     def sweep_uploads(self, older_than: float = 24 * 3600) -> int:
-        """Remove upload sessions untouched for ``older_than`` seconds (left by a crash)."""
-        removed, now = 0, time.time()
+        """Remove upload sessions untouched for ``older_than`` seconds (abandoned, or left by a crash).
+
+        A session a request is using right now (its lock is held) is left for the next sweep.
+        """
+        removed = 0
         for directory in (self.root / "uploads").iterdir():
-            try:
-                mtime = max(p.stat().st_mtime for p in [directory, *directory.iterdir()])
-            except (FileNotFoundError, NotADirectoryError):
-                continue
-            if now - mtime >= older_than:
-                with self._uploads_lock:
-                    self._uploads.pop(directory.name, None)
-                shutil.rmtree(directory, ignore_errors=True)
+            if self._sweep_one(directory, older_than):
                 removed += 1
         return removed
+
+    def _sweep_one(self, directory: Path, older_than: float) -> bool:
+        with self._uploads_lock:
+            up = self._uploads.get(directory.name)
+            if up is None:
+                # nobody has asked for it since start-up; holding the lock keeps it that way
+                if not _untouched_for(directory, older_than):
+                    return False
+                shutil.rmtree(directory, ignore_errors=True)
+                return True
+            if not up.lock.acquire(blocking=False):
+                return False  # a request is appending to it or finishing it: it is in use
+        try:
+            if up.gone or not _untouched_for(directory, older_than):
+                return False
+            self._forget_upload(up)
+            return True
+        finally:
+            up.lock.release()
 
     # ---- manifests --------------------------------------------------------------------
     def put_manifest(self, name: str, reference: str, body: bytes,
@@ -382,14 +421,8 @@ class RegistryStorage:
         """Store a manifest under a tag or digest; returns (digest, subject digest or None)."""
         check_name(name)
         manifest = _parse_manifest(body)
-        media_type = manifest.get("mediaType") or content_type.split(";")[0].strip()
-        if manifest.get("mediaType") and content_type and \
-                content_type.split(";")[0].strip() not in (manifest["mediaType"], "application/json"):
-            raise DistributionError(400, "MANIFEST_INVALID",
-                                    "Content-Type does not match the manifest's mediaType",
-                                    {"mediaType": manifest["mediaType"], "contentType": content_type})
-        if not media_type:
-            raise DistributionError(400, "MANIFEST_INVALID", "manifest has no media type")
+        media_type = _manifest_media_type(manifest, content_type)
+        _check_manifest_fields(manifest, media_type)
         alg = "sha256"
         if not is_tag(reference):
             alg, _ = parse_digest(reference)
@@ -399,10 +432,9 @@ class RegistryStorage:
                                     {"digest": reference, "computed": digest})
         self._check_references(name, manifest, media_type)
         subject = manifest.get("subject")
-        subject_digest = subject.get("digest") if isinstance(subject, dict) else None
-        if subject_digest:
-            parse_digest(subject_digest)
+        subject_digest = subject["digest"] if subject is not None else None
 
+        # everything is checked: only now does anything reach the disk
         blob = self.blob_file(digest)
         if not blob.exists():
             _write_atomic(blob, body)
@@ -428,10 +460,7 @@ class RegistryStorage:
             descriptors += _descriptors(manifest.get("blobs"))  # the old artifact manifest
             wanted = [(d, "blob") for d in descriptors if not d.get("urls")]  # foreign layers live elsewhere
         for descriptor, kind in wanted:
-            digest = descriptor.get("digest") if isinstance(descriptor, dict) else None
-            if not isinstance(digest, str):
-                raise DistributionError(400, "MANIFEST_INVALID", "descriptor without a digest")
-            parse_digest(digest)
+            digest = descriptor["digest"]  # _check_manifest_fields made sure it is one
             found = self.has_blob(name, digest) if kind == "blob" else \
                 self._manifest_link(name, digest).exists()
             if not found:
@@ -449,7 +478,10 @@ class RegistryStorage:
             except (FileNotFoundError, NotADirectoryError):
                 raise unknown from None
         else:
-            parse_digest(reference)
+            try:
+                parse_digest(reference)
+            except DistributionError:
+                raise unknown from None  # neither a tag nor a digest names no manifest (as distribution)
             digest = reference
         if not self._manifest_link(name, digest).exists():
             raise unknown
@@ -568,11 +600,20 @@ class RegistryStorage:
         return removed
 
 
+def _untouched_for(directory: Path, seconds: float) -> bool:
+    """Whether an upload directory and every file in it were last modified ``seconds`` ago or more."""
+    try:
+        mtime = max(p.stat().st_mtime for p in [directory, *directory.iterdir()])
+    except (FileNotFoundError, NotADirectoryError):
+        return False  # already gone, or not an upload directory: leave it alone
+    return time.time() - mtime >= seconds
+
+
 # ---- manifest parsing ---------------------------------------------------------------
 def _parse_manifest(body: bytes) -> dict:
     try:
         manifest = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: '[[[[...' nested deeper than the parser goes
         raise DistributionError(400, "MANIFEST_INVALID", "manifest is not valid JSON") from None
     if not isinstance(manifest, dict):
         raise DistributionError(400, "MANIFEST_INVALID", "manifest is not a JSON object")
@@ -582,12 +623,93 @@ def _parse_manifest(body: bytes) -> dict:
     return manifest
 
 
-def _descriptors(value: Any) -> list[dict]:
+def _invalid(message: str, detail: Any = None) -> DistributionError:
+    return DistributionError(400, "MANIFEST_INVALID", message, detail)
+
+
+def _is_media_type(value: Any) -> bool:
+    return isinstance(value, str) and bool(MEDIA_TYPE_RE.match(value))
+
+
+def _manifest_media_type(manifest: dict, content_type: str) -> str:
+    """The manifest's media type: its mediaType field, else the request's Content-Type."""
+    header = content_type.split(";")[0].strip()
+    declared = manifest.get("mediaType")
+    if declared is not None and not _is_media_type(declared):
+        raise _invalid("mediaType must be a media type such as " + OCI_MANIFEST, {"mediaType": declared})
+    if declared and header and header not in (declared, "application/json"):
+        raise _invalid("Content-Type does not match the manifest's mediaType",
+                       {"mediaType": declared, "contentType": content_type})
+    media_type = declared or header
+    if not _is_media_type(media_type):
+        raise _invalid("manifest has no media type: set mediaType or send it as Content-Type",
+                       {"contentType": content_type})
+    if media_type not in MANIFEST_TYPES:
+        raise _invalid(f"{media_type} is not a manifest media type: use {OCI_MANIFEST} or {OCI_INDEX}",
+                       {"mediaType": media_type})
+    return media_type
+
+
+def _check_manifest_fields(manifest: dict, media_type: str) -> None:
+    """Refuse a manifest whose fields the registry reads have the wrong shape, before storing it.
+
+    An image manifest needs a config descriptor, an index a list of manifests; every descriptor
+    needs mediaType, digest and size (OCI image spec, "Descriptors").
+    """
+    if "artifactType" in manifest and not _is_media_type(manifest["artifactType"]):
+        raise _invalid("artifactType must be a media type", {"artifactType": manifest["artifactType"]})
+    _check_annotations(manifest.get("annotations"), "the manifest")
+    if "subject" in manifest:
+        _check_descriptor(manifest["subject"], "subject")
+    if media_type in INDEX_TYPES:
+        if "manifests" not in manifest:
+            raise _invalid("an image index needs a manifests list")
+        _descriptors(manifest["manifests"], "manifests")
+        return
+    if media_type in IMAGE_MANIFEST_TYPES and "config" not in manifest:
+        raise _invalid("an image manifest needs a config descriptor")
+    if "config" in manifest:
+        _check_descriptor(manifest["config"], "config")
+    _descriptors(manifest.get("layers"), "layers")
+    _descriptors(manifest.get("blobs"), "blobs")  # the old artifact manifest's list
+
+
+def _check_descriptor(value: Any, where: str) -> dict:
+    """A descriptor: an object with a media type, a valid digest and a size in bytes."""
+    if not isinstance(value, dict):
+        raise _invalid(f"{where} must be a descriptor object", {where: value})
+    if not _is_media_type(value.get("mediaType")):
+        raise _invalid(f"{where} needs a mediaType", {where: value})
+    digest = value.get("digest")
+    try:
+        parse_digest(digest if isinstance(digest, str) else "")
+    except DistributionError:
+        raise _invalid(f"{where} needs a valid digest", {where: value}) from None
+    size = value.get("size")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise _invalid(f"{where} needs a size (a non-negative integer)", {where: value})
+    urls = value.get("urls", [])
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise _invalid(f"{where}: urls must be a list of strings", {where: value})
+    if "artifactType" in value and not _is_media_type(value["artifactType"]):
+        raise _invalid(f"{where}: artifactType must be a media type", {where: value})
+    _check_annotations(value.get("annotations"), where)
+    return value
+
+
+def _check_annotations(value: Any, where: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise _invalid(f"annotations of {where} must map strings to strings")
+
+
+def _descriptors(value: Any, where: str = "descriptors") -> list[dict]:
     if value is None:
         return []
-    if not isinstance(value, list) or not all(isinstance(d, dict) for d in value):
-        raise DistributionError(400, "MANIFEST_INVALID", "descriptor list is malformed")
-    return value
+    if not isinstance(value, list):
+        raise _invalid(f"{where} must be a list of descriptors")
+    return [_check_descriptor(d, f"{where}[{i}]") for i, d in enumerate(value)]
 
 
 def _referrer_descriptor(manifest: dict, media_type: str, digest: str, size: int) -> dict:
