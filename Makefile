@@ -3,11 +3,13 @@
 #   make test   set up if needed, then run the whole suite, notebooks included
 #   make test-v2  the cgroup, run and sandbox tests and every notebook again, in a qemu guest
 #                 with a real cgroup v2 kernel and systemd as PID 1, like the students' VM
+#   make test-browser  every notebook run in JupyterLab in Debian's chromium (Playwright): no cell
+#                 errors, every trace fits its output area, the quiz answers; screenshots in browser-artifacts/
 VENV := .venv
 STAMP := $(VENV)/.provisioned
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-v2 bench bench-images compile handin
+.PHONY: setup demo test test-v2 test-browser bench bench-images compile handin
 
 setup: $(STAMP)
 
@@ -29,6 +31,12 @@ test: compile
 # in a guest booted from Debian's kernel with the host's systemd as PID 1: see docs/v2-guest.md.
 test-v2: compile
 	scripts/v2guest/run.sh --timeout 1500 -- $(PY) -m pytest -q --nbval-lax -m v2 tests notebooks
+
+# tests/browser (left out of `make test` by pyproject's pytest options); it installs chromium,
+# the CJK fonts and Playwright first
+test-browser: compile
+	scripts/provision.sh --browser
+	$(PY) -m pytest -q tests/browser
 
 bench: compile
 	$(PY) bench/run_latency.py

@@ -3,9 +3,18 @@
 # Vagrantfile all call it. It is idempotent: a second run only checks and returns.
 #   scripts/provision.sh               Debian packages + .venv + editable install
 #   scripts/provision.sh --jupyter     also install JupyterLab as a systemd service (the student VM)
+#   scripts/provision.sh --browser     also Debian's chromium, CJK and emoji fonts, and Playwright (make test-browser)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
+browser=0 jupyter=0
+for arg in "$@"; do
+    case $arg in
+        --browser) browser=1 ;;
+        --jupyter) jupyter=1 ;;
+        *) echo "provision: unknown option $arg (use --jupyter or --browser)" >&2; exit 2 ;;
+    esac
+done
 
 if [ "$(id -u)" != 0 ]; then
     echo "provision: must run as root (containers need CAP_SYS_ADMIN); try: sudo $0" >&2
@@ -16,6 +25,9 @@ fi
 # `run --init` mounts into a container; libseccomp2 compiles seccomp filters; the rest are the peers our interop tests and
 # benchmarks compare against.
 packages=(busybox-static tini libseccomp2 python3-venv python3-dev gcc iproute2 runc crun umoci skopeo docker-registry)
+# The browser test: Playwright can't download a browser here, so it drives Debian's chromium;
+# the fonts draw the course's Chinese (and its emoji) instead of empty boxes.
+if [ $browser = 1 ]; then packages+=(chromium fonts-noto-cjk fonts-noto-color-emoji); fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -47,15 +59,18 @@ stamp=.venv/.provisioned
 if [ ! -x .venv/bin/python ]; then
     /usr/bin/python3 -m venv .venv
 fi
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/provision.sh -nt "$stamp" ]; then
+extras=course,test
+if [ $browser = 1 ]; then extras=$extras,browser; fi
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/provision.sh -nt "$stamp" ] \
+        || { [ $browser = 1 ] && ! .venv/bin/python -c 'import playwright' 2>/dev/null; }; then
     echo "provision: installing Python dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip
     # compat mode puts a plain path in a .pth file: no import hook, so the CLI starts faster.
-    .venv/bin/pip install -q -e ".[course,test]" --config-settings editable_mode=compat
+    .venv/bin/pip install -q -e ".[$extras]" --config-settings editable_mode=compat
     touch "$stamp"
 fi
 
-if [ "${1:-}" = "--jupyter" ]; then
+if [ $jupyter = 1 ]; then
     # JupyterLab as a service in the student VM, token auth. The token lives in a root-only
     # environment file, so it is neither on the command line (ps) nor in the unit file.
     env_file=/etc/minicontainer/jupyter.env
