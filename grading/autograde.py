@@ -10,9 +10,7 @@ import argparse
 import multiprocessing
 import os
 import re
-import shutil
 import tarfile
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,8 +19,7 @@ from pathlib import Path
 from minicontainer.atomic import write_atomic
 
 from grading.cells import graded_parts, read_notebook
-from grading.container import Sandbox, SandboxLimits, build_rootfs, default_config
-from grading.execute import run_notebook
+from grading.container import GradingEnvironment, SandboxLimits
 from grading.feedback import feedback_html
 from grading.grade import Limits, grade_notebook, read_submission
 from grading.gradebook import grades_csv, read_exams, results_json
@@ -99,20 +96,9 @@ def find_submissions(folder: Path, lab: Lab, scratch: Path) -> list[Submission]:
 _WORKER: dict = {}
 
 
-def _init_worker(slots, base_config: dict, rootfs: str, workspace: str, runtime_root: str,
-                 sandbox_limits: SandboxLimits) -> None:
-    _WORKER.update(slot=slots.get(), base=base_config, rootfs=Path(rootfs), workspace=Path(workspace),
-                   runtime_root=Path(runtime_root), limits=sandbox_limits)
-
-
-def _sandbox_runner(nb, workdir: Path, limits: Limits):
-    sandbox = Sandbox.prepare(_WORKER["base"], _WORKER["rootfs"], _WORKER["workspace"], _WORKER["runtime_root"],
-                              _WORKER["slot"], _WORKER["limits"])
-    try:
-        return run_notebook(nb, cwd=str(sandbox.bundle), km=sandbox.kernel_manager(), cell_timeout=limits.cell_timeout,
-                            notebook_timeout=limits.notebook_timeout, output_cap=limits.output_cap)
-    finally:
-        sandbox.remove()
+def _init_worker(slots, env: GradingEnvironment) -> None:
+    # each worker keeps its slot (its containers' uid range) for the whole batch
+    _WORKER.update(runner=env.runner(slots.get()))
 
 
 def grade_one(source_path: str, lab_name: str, sub: Submission, limits: Limits) -> SubmissionResult:
@@ -120,7 +106,7 @@ def grade_one(source_path: str, lab_name: str, sub: Submission, limits: Limits) 
     source = read_notebook(source_path)
     try:
         submission, problem = read_submission(sub.path) if sub.path else (None, sub.problem)
-        result, _ = grade_notebook(source, submission, student=sub.student, lab=lab_name, runner=_sandbox_runner,
+        result, _ = grade_notebook(source, submission, student=sub.student, lab=lab_name, runner=_WORKER["runner"],
                                    limits=limits, problem=problem)
         return result
     except Exception as exc:   # the batch goes on: this row says the grader could not grade it
@@ -137,27 +123,17 @@ def autograde(lab: Lab, folder: Path, out: Path, *, jobs: int = 1, limits: Limit
     source = read_notebook(lab.source)
     part_ids = [p.id for p in graded_parts(source)]
     out.mkdir(parents=True, exist_ok=True)
-    workspace = Path(tempfile.mkdtemp(prefix="grading-"))
-    os.chmod(workspace, 0o711)
-    try:
-        scratch = workspace / "submissions"
+    with GradingEnvironment(sandbox_limits) as env:
+        scratch = env.workspace / "submissions"
         scratch.mkdir()
         subs = find_submissions(folder, lab, scratch)
-        rootfs = build_rootfs(workspace / "rootfs")
-        runtime_root = workspace / "runtime"
-        runtime_root.mkdir()
-        base = default_config()
-        ctx = multiprocessing.get_context("fork")
+        ctx = multiprocessing.get_context("fork")   # the grader has no threads yet: forking it is safe
         slots = ctx.Queue()
         for slot in range(jobs):
             slots.put(slot)
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(slots, base, str(rootfs), str(workspace), str(runtime_root),
-                                           sandbox_limits)) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(slots, env)) as pool:
             futures = [pool.submit(grade_one, str(lab.source), lab.name, s, limits) for s in subs]
             results = [f.result() for f in futures]
-    finally:
-        shutil.rmtree(workspace, ignore_errors=True)
     exams = read_exams(exams_dir) if exams_dir else {}
     write_outputs(out, lab.name, part_ids, results, exams, {s.student: s.timestamp for s in subs})
     return results

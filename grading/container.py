@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,7 @@ from jupyter_client.manager import AsyncKernelManager
 PROJECT = Path(__file__).resolve().parent.parent       # the checkout: grading/ and minicontainer/ live here
 UID_BASE = 1_000_000          # host uids the containers' root users map to: one range per job slot
 UID_RANGE = 65_536
+KERNEL_DIR_SIZE = "4m"
 MOUNT_POINTS = ("proc", "dev", "sys", "tmp", "usr", "etc", "run/kernel", "work/submission")
 ETC_COPIED = ("ld.so.cache", "nsswitch.conf", "localtime")
 MERGED_USR_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
@@ -88,7 +90,7 @@ def python_paths() -> list[str]:
 
 def _bind(path: str, target: str | None = None, *, readonly: bool = True) -> dict:
     return {"destination": target or path, "type": "bind", "source": path,
-            "options": ["rbind", "ro" if readonly else "rw", "nosuid", "nodev"]}
+            "options": ["rbind", "ro" if readonly else "rw", "nosuid", "nodev"] + ([] if readonly else ["noexec"])}
 
 
 def _tmpfs(target: str, size: str, uid: int) -> dict:
@@ -204,8 +206,11 @@ class Sandbox:
         kernel_dir = bundle / "kernel"
         kernel_dir.mkdir(parents=True)
         uid = UID_BASE + slot * UID_RANGE
-        os.chown(kernel_dir, uid, uid)
         os.chmod(bundle, 0o711)
+        # the one host directory the container may write to (its sockets go there): a small
+        # tmpfs of its own, so writing into it can't fill the grader's disk
+        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={KERNEL_DIR_SIZE},mode=0700,uid={uid},gid={uid},"
+                        "nosuid,nodev,noexec", "grading-kernel", str(kernel_dir)], check=True, capture_output=True)
         config = kernel_config(base_config, rootfs, kernel_dir, slot, limits, "/run/kernel/connection.json")
         (bundle / "config.json").write_text(json.dumps(config, indent=1))
         return cls(bundle, kernel_dir, container_id, runtime_root, slot)
@@ -217,6 +222,53 @@ class Sandbox:
         return km
 
     def remove(self) -> None:
+        """Delete the container (and every process in it), unmount its socket directory, remove the bundle."""
         subprocess.run([*runtime_command(), "--root", str(self.runtime_root), "delete", "-f", self.container_id],
                        capture_output=True)
+        subprocess.run(["umount", "-l", str(self.kernel_dir)], capture_output=True)
         shutil.rmtree(self.bundle, ignore_errors=True)
+
+
+class GradingEnvironment:
+    """What every container of a batch shares: the read-only root, the runtime's state
+    directory, the engine's default config; removed (with every bundle) on close."""
+
+    def __init__(self, limits: SandboxLimits | None = None):
+        self.limits = limits or SandboxLimits()
+        self.workspace = Path(tempfile.mkdtemp(prefix="grading-"))
+        os.chmod(self.workspace, 0o711)     # the containers' users pass through to their bundles, no more
+        try:
+            self.rootfs = build_rootfs(self.workspace / "rootfs")
+            self.runtime_root = self.workspace / "runtime"
+            self.runtime_root.mkdir()
+            self.base_config = default_config()
+        except BaseException:
+            shutil.rmtree(self.workspace, ignore_errors=True)
+            raise
+
+    def sandbox(self, slot: int) -> Sandbox:
+        """A fresh bundle for one submission, its root user mapped to job slot ``slot``'s uid range."""
+        return Sandbox.prepare(self.base_config, self.rootfs, self.workspace, self.runtime_root, slot, self.limits)
+
+    def runner(self, slot: int = 0):
+        """A grade.Runner that runs each notebook in a fresh container of this environment."""
+        from grading.execute import run_notebook
+
+        def run(nb, workdir, limits):
+            sandbox = self.sandbox(slot)
+            try:
+                return run_notebook(nb, cwd=str(sandbox.bundle), km=sandbox.kernel_manager(),
+                                    cell_timeout=limits.cell_timeout, notebook_timeout=limits.notebook_timeout,
+                                    output_cap=limits.output_cap)
+            finally:
+                sandbox.remove()
+        return run
+
+    def close(self) -> None:
+        shutil.rmtree(self.workspace, ignore_errors=True)
+
+    def __enter__(self) -> "GradingEnvironment":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -65,8 +65,9 @@ class CappedClient(NotebookClient):
         self.output_bytes += len(json.dumps(content, default=str))
         if self.output_bytes > self.output_cap:
             if not self.overflowed:
+                # later cells won't run: stop the kernel now rather than wait out the cell's timeout
                 self.overflowed = True
-                asyncio.ensure_future(ensure_async(self.km.interrupt_kernel()))
+                self._stopping = asyncio.ensure_future(ensure_async(self.km.shutdown_kernel(now=True)))
             return None
         return super().output(outs, msg, display_id, cell_index)
 
@@ -110,8 +111,11 @@ def run_notebook(nb: NotebookNode, *, cwd: str, km=None, kernel_name: str = "pyt
                 client.error_on_timeout["evalue"] = f"the cell ran longer than {client.timeout} s and was interrupted"
                 outcome = _execute(client, cell, index, gid)
                 if outcome.status == "kernel died":
-                    run.problem = "the kernel died (killed, e.g. for going over the memory or process limit)"
+                    run.problem = f"the kernel died ({_death(client)}); later cells were not run"
                 run.cells.append(outcome)
+                if outcome.status == "timeout" and not run.problem and not _answers(client):
+                    run.problem = (f"the kernel stopped answering after a cell ran past its {client.timeout} s limit "
+                                   "(it ignored the interrupt); later cells were not run")
                 if client.overflowed and not run.problem:
                     run.problem = f"the output went over the {output_cap} byte cap; later cells were not run"
                 if is_test(cell) and not run.problem and _probe_passed(client, seed, index):
@@ -132,15 +136,37 @@ def run_notebook(nb: NotebookNode, *, cwd: str, km=None, kernel_name: str = "pyt
     return run
 
 
+def _death(client: CappedClient) -> str:
+    """How the kernel's process ended, as far as its launcher tells."""
+    process = getattr(getattr(client.km, "provisioner", None), "process", None)
+    code = None
+    for _ in range(50):          # the process may take a moment to be reaped
+        code = process.poll() if process is not None else None
+        if code is not None:
+            break
+        time.sleep(0.02)
+    if code is None:
+        return "it stopped answering"
+    if code in (137, -9):
+        return "killed by SIGKILL: over the memory limit, most likely"
+    if code > 128 or code < 0:
+        return f"killed by signal {abs(code) - 128 if code > 0 else -code}"
+    return f"it exited with code {code}"
+
+
 def _execute(client: CappedClient, cell: NotebookNode, index: int, gid: str | None) -> CellOutcome:
+    died = None
     try:
         client.execute_cell(cell, index)
     except DeadKernelError:
-        return CellOutcome(index, gid, "kernel died", "DeadKernelError", "the kernel died while this cell ran")
+        died = CellOutcome(index, gid, "kernel died", "DeadKernelError", "the kernel died while this cell ran")
     except CellTimeoutError as exc:
         return CellOutcome(index, gid, "timeout", TIMEOUT_ENAME, str(exc).splitlines()[0])
     if client.overflowed:
-        return CellOutcome(index, gid, "output cap", "OutputCap", "this cell's output went over the cap")
+        return CellOutcome(index, gid, "output cap", "OutputCap",
+                           f"this cell's output went over the {client.output_cap} byte cap")
+    if died:
+        return died
     content = client.replies.get(index, {}).get("content", {})
     status = content.get("status", "error")
     if status == "ok":
@@ -149,16 +175,35 @@ def _execute(client: CappedClient, cell: NotebookNode, index: int, gid: str | No
     return CellOutcome(index, gid, "timeout" if ename == TIMEOUT_ENAME else "error", ename, evalue)
 
 
-def _probe_passed(client: CappedClient, seed: str, index: int) -> bool:
-    # nbclient writes an executed cell back into the notebook at its index: give the probe
+def _answers(client: CappedClient, timeout: int = 5) -> bool:
+    """Whether the kernel runs a trivial cell within ``timeout`` s (after an interrupt, say)."""
+    saved = client.timeout
+    client.timeout = timeout
+    try:
+        return _run_extra(client, new_code_cell("pass")) == "ok"
+    finally:
+        client.timeout = saved
+
+
+def _run_extra(client: CappedClient, cell: NotebookNode) -> str:
+    """Run a cell that is not the student's; returns its status ("ok", "error", "timeout", "dead")."""
+    # nbclient writes an executed cell back into the notebook at its index: give the cell
     # a place at the end for the moment, and take it out again
-    probe = new_code_cell(probe_source(seed, index))
-    client.nb.cells.append(probe)
+    client.nb.cells.append(cell)
     at = len(client.nb.cells) - 1
     try:
-        client.execute_cell(probe, at)
-    except (DeadKernelError, CellTimeoutError):
-        return False
+        client.execute_cell(cell, at)
+    except DeadKernelError:
+        return "dead"
+    except CellTimeoutError:
+        return "timeout"
     finally:
         del client.nb.cells[at]
-    return client.replies.pop(at, {}).get("content", {}).get("status") == "ok"
+    content = client.replies.pop(at, {}).get("content", {})
+    if content.get("ename") == TIMEOUT_ENAME:
+        return "timeout"
+    return content.get("status", "error")
+
+
+def _probe_passed(client: CappedClient, seed: str, index: int) -> bool:
+    return _run_extra(client, new_code_cell(probe_source(seed, index))) == "ok"

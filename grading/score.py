@@ -62,6 +62,9 @@ def score_parts(parts: list[Part], run: NotebookRun, notes: dict[str, str] | Non
             results.append(PartResult(part.id, part.points, part.points, "passed", note))
         else:
             message = _message(outcome.ename, outcome.evalue)
+            code = run.outcome(part.solution_id)
+            if code is not None and code.status != "ok":   # the likely cause: say it first
+                message = f"your code cell: {code.status}, {_message(code.ename, code.evalue)}; then the check: {message}"
             if note:
                 message = f"{note}; {message}"
             results.append(PartResult(part.id, 0, part.points, outcome.status if outcome.status != "error" else "failed",
