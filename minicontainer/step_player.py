@@ -377,7 +377,7 @@ SANDBOX_STEPS: tuple[tuple[str, Callable[[Sandbox], Any]], ...] = (
 # with a two-class selector (:not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td).
 PLAYER_STYLE = """<style>
 .mc-player { max-width: 100%; text-align: left; }
-.mc-player .mc-frame { text-align: left; }
+.mc-player .mc-frame { text-align: left; line-height: 1.35; }
 .mc-player .mc-head { font-size: 13px; margin: 2px 0 4px; overflow-wrap: anywhere; }
 .mc-player .mc-frame.mc-trace td, .mc-player .mc-frame.mc-trace th, .mc-player .mc-frame.mc-trace tr {
   text-align: left; vertical-align: top; padding: 2px 6px; }
@@ -465,12 +465,12 @@ def _steps_html(frame: Frame) -> str:
     out = f'<div class="mc-why">{e(main.why)}</div><table class="mc-step">{_step_rows(main)}</table>'
     if others:
         if all(s.name == main.name for s in others):
-            summary = f"{len(others)} more {main.name} steps like it"
+            summary = f"{len(others)} more {main.name} step{'s' if len(others) > 1 else ''} like it"
         else:   # a live step can take steps of other kinds first (join_cgroup creates the cgroup)
             counts: dict[str, int] = {}
             for s in others:
                 counts[s.name] = counts.get(s.name, 0) + 1
-            summary = f"{len(others)} other steps it took: " + ", ".join(
+            summary = f"{len(others)} other step{'s' if len(others) > 1 else ''} it took: " + ", ".join(
                 n + (f" ×{c}" if c > 1 else "") for n, c in counts.items())
         listed = "".join(f'<div class="mc-why"><b>{e(s.name)}</b>: {e(s.why)}</div>'
                          f'<table class="mc-step">{_step_rows(s)}</table>' for s in others)
@@ -608,14 +608,14 @@ class StepPlayer:
             self.slider = w.IntSlider(min=0, max=max(len(self.frames) - 1, 0), value=self.position,
                                       readout=False, layout=w.Layout(flex="1 1 auto", min_width="6em"))
             self.position_label = w.HTML()
-            self.view = w.HTML(layout=w.Layout(width="100%"))
+            self.view = w.HTML()   # no width: the column stretches it, inside its margins
             self.back_button.on_click(lambda _: self.back())
             self.next_button.on_click(lambda _: self.next())
             self.slider.observe(lambda change: self.go(change["new"]) if change["new"] != self.position else None,
                                 names="value")
             controls = w.HBox([self.back_button, self.next_button, self.slider, self.position_label],
-                              layout=w.Layout(width="100%", align_items="center"))
-            self._widget = w.VBox([controls, self.view], layout=w.Layout(width="100%", max_width="100%"))
+                              layout=w.Layout(align_items="center"))
+            self._widget = w.VBox([controls, self.view], layout=w.Layout(max_width="100%"))
             self._widget.add_class("mc-player")
             self._refresh()
         return self._widget
