@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from .engine.sandbox import Sandbox
 from .errors import MinicontainerError
-from .kernel.cgroups import parse_mountinfo, parse_proc_cgroup
+from .kernel.cgroups import MountEntry, parse_mountinfo, parse_proc_cgroup
 from .kernel.namespaces import NAMESPACES, namespace_ids
 from .kernel.syscalls import namespace_flag_names
 from .trace import PLANNED, TRACE_STYLE, Step, Trace, _short_ids
@@ -95,17 +95,17 @@ class _Replay:
         self.mounts: list[str] = []
         self.cgroup = "none yet: the container would share the host's limits"
         self.cgroup_name = ""
+        self.limits: list[str] = []
         self.hostname = ""
         self.pid_namespace_pending = False
 
-    def _root_process(self, step: Step) -> int:
+    def _root_process(self, step: Step) -> None:
         # A trace that forks before it unshares comes from the engine (run, plan); one that
         # unshares first comes from the process that builds the container itself (a Sandbox).
         if not self.processes:
             who = "the engine" if step.name == "fork" else "the sandbox helper"
             pid = "" if step.result == PLANNED else f" (host pid {step.pid})"
             self.processes.append(_Process(who + pid, None))
-        return 0
 
     def apply(self, number: int, step: Step) -> None:
         if step.error:
@@ -116,14 +116,13 @@ class _Replay:
 
     def _on_fork(self, number: int, step: Step) -> None:
         self._root_process(step)
-        planned = step.result == PLANNED
-        if self.pid_namespace_pending:
-            host = "" if planned else f" (host pid {step.result.rsplit(' ', 1)[-1]})"
+        # the result ends in the child's host pid: "setup child is host pid N", "PID 1 inside, host pid N"
+        host = "" if step.result == PLANNED else f" (host pid {step.result.rsplit(' ', 1)[-1]})"
+        if self.pid_namespace_pending:   # the first child after unshare(CLONE_NEWPID)
             self.processes.append(_Process(f"PID 1 of the new PID namespace{host}", len(self.processes) - 1))
             self.pid_namespace_pending = False
             self.namespaces["pid"] = NamespaceView("pid", True, f"new (step {number}): PID 1 is in it")
         else:
-            host = "" if planned else f" (host pid {step.result.rsplit(' ', 1)[-1]})"
             self.processes.append(_Process(f"setup child{host}", len(self.processes) - 1))
 
     def _on_unshare(self, number: int, step: Step) -> None:
@@ -155,12 +154,11 @@ class _Replay:
     def _on_cgroup_write(self, number: int, step: Step) -> None:
         target = step.call.split(" > ", 1)[-1].rsplit("/", 1)[-1]
         value = step.call.split('"')[1] if '"' in step.call else "?"
-        self.cgroup += f"; {target} = {value}"
+        self.limits.append(f"{target} = {value}")
 
     def _on_cgroup_join(self, number: int, step: Step) -> None:
         who = self.processes[-1].label if self.processes else "the calling process"
-        self.cgroup = f"{self.cgroup_name or 'the container cgroup'}: {who} joined (step {number})" + \
-            "".join(f"; {part}" for part in self.cgroup.split("; ")[1:])
+        self.cgroup = f"{self.cgroup_name or 'the container cgroup'}: {who} joined (step {number})"
         if self.processes:
             self.processes[-1].notes.append(f"in cgroup {self.cgroup_name}")
 
@@ -192,7 +190,8 @@ class _Replay:
         self.mounts = [m for m in self.mounts if not m.startswith("a copy of the host's")]
 
     def _on_mask_paths(self, number: int, step: Step) -> None:
-        self.mounts.append(f"{step.result} (step {number})")
+        # the result says which paths: "masked /proc/acpi /proc/keys …"
+        self.mounts.append(f"{step.name if step.result == PLANNED else step.result} (step {number})")
 
     _on_readonly_paths = _on_mask_paths
 
@@ -221,7 +220,8 @@ class _Replay:
         if self.rootfs and "<rootfs>" in " ".join(mounts):
             mounts.append(f"<rootfs> = {self.rootfs}")
         return Picture("derived from the steps so far", tree or [(0, "only the engine: no container process yet")],
-                       dict(self.namespaces), self.root, mounts, self.cgroup, self.hostname)
+                       dict(self.namespaces), self.root, mounts, "; ".join([self.cgroup, *self.limits]),
+                       self.hostname)
 
 
 def _group(steps: list[Step]) -> list[tuple[int, list[Step]]]:
@@ -301,14 +301,14 @@ def _process_tree(sandbox_pid: int) -> list[tuple[int, str]]:
     return tree
 
 
-def _mount_table(pid: int | str) -> list[tuple[str, object]]:
+def _mount_table(pid: int | str) -> list[tuple[str, MountEntry]]:
     """(device, entry) per line of /proc/PID/mountinfo: the device (major:minor) tells one
     proc or tmpfs instance from another where mount point and options are alike."""
     with open(f"/proc/{pid}/mountinfo") as f:
         return [(line.split()[2], entry) for line in f for entry in parse_mountinfo(line)]
 
 
-def _mount_key(device: str, entry) -> tuple:
+def _mount_key(device: str, entry: MountEntry) -> tuple[str, str, str, str]:
     return (device, entry.mount_point, entry.root, entry.fstype)
 
 
@@ -339,21 +339,27 @@ def _cgroup_of(pid: int) -> str:
     return f"its own: {where}"
 
 
+def _gone(sandbox: Sandbox) -> Picture:
+    what = f"the sandbox has finished (exit code {sandbox.exit_code})" if sandbox.exit_code is not None \
+        else "the sandbox has exited or was closed"
+    return Picture("read from the kernel: nothing left to read", [(0, what)], {}, "gone", [], "gone")
+
+
 def picture_of_sandbox(sandbox: Sandbox) -> Picture:
     """The sandbox as the kernel shows it now, read from the host's /proc."""
     pid = sandbox.pid
-    if sandbox.exit_code is not None or not os.path.exists(f"/proc/{pid}"):
-        gone = f"the sandbox has finished (exit code {sandbox.exit_code})" if sandbox.exit_code is not None \
-            else "the sandbox has exited or was closed"
-        return Picture("read from the kernel: nothing left to read", [(0, gone)], {}, "gone", [], "gone")
-    host = namespace_ids()
-    theirs = namespace_ids(pid)
-    namespaces = {kind: NamespaceView(kind, theirs[kind] != host[kind],
-                                      f"{theirs[kind]}" + ("" if theirs[kind] == host[kind] else f" (host: {host[kind]})"))
-                  for kind in NAMESPACES}
-    root, mounts = _mounts(pid) if theirs["mnt"] != host["mnt"] else ("the host's / (same mount namespace)", [])
-    return Picture("read from the kernel after the step: /proc/PID/ns, mountinfo, cgroup, the parent links",
-                   _process_tree(pid), namespaces, root, mounts, _cgroup_of(pid))
+    if sandbox.exit_code is not None:
+        return _gone(sandbox)
+    try:
+        host = namespace_ids()
+        theirs = namespace_ids(pid)
+        namespaces = {kind: NamespaceView(kind, theirs[kind] != host[kind], f"{theirs[kind]}" + (
+                          "" if theirs[kind] == host[kind] else f" (host: {host[kind]})")) for kind in NAMESPACES}
+        root, mounts = _mounts(pid) if theirs["mnt"] != host["mnt"] else ("the host's / (same mount namespace)", [])
+        return Picture("read from the kernel after the step: /proc/PID/ns, mountinfo, cgroup, the parent links",
+                       _process_tree(pid), namespaces, root, mounts, _cgroup_of(pid))
+    except (FileNotFoundError, ProcessLookupError):   # /proc/PID went away: it exited (or was closed) meanwhile
+        return _gone(sandbox)
 
 
 # The steps the player takes on a live Sandbox, in the order notebook 02 teaches them:
@@ -399,6 +405,7 @@ PLAYER_STYLE = """<style>
 
 
 def _tree_text(processes: list[tuple[int, str]]) -> str:
+    """(depth, label) pairs as an indented tree; a label's later lines are notes under it."""
     lines = []
     for depth, label in processes:
         first, *notes = label.split("\n")
@@ -409,6 +416,7 @@ def _tree_text(processes: list[tuple[int, str]]) -> str:
 
 
 def picture_text(picture: Picture) -> str:
+    """The picture as indented plain text, for text/plain output."""
     namespaces = "  ".join(f"{v.kind}: {'NEW' if v.new else 'host'}" for v in picture.namespaces.values())
     lines = [f"  picture ({picture.source}):", "    processes:"]
     lines += ["      " + line for line in _tree_text(picture.processes).splitlines()]
