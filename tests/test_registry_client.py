@@ -425,8 +425,8 @@ def _free_port() -> int:
 
 def test_an_unreachable_registry_says_connection_refused_and_how_to_start_one(other_store):
     host = f"127.0.0.1:{_free_port()}"
-    with pytest.raises(RegistryError, match=rf"^cannot reach registry {host}: connection refused — is it running\? "
-                                            r"for a private registry: minicontainer registry serve"):
+    with pytest.raises(RegistryError, match=rf"^cannot reach registry {host}: connection refused during GET /v2/ — "
+                                            r"is it running\? for a private registry: minicontainer registry serve"):
         pull(f"{host}/student/busybox:v1", other_store)
 
 

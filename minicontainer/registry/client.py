@@ -18,6 +18,13 @@ It speaks the OCI distribution API (Docker's "Registry HTTP API v2"):
 
 One ``httpx.Client`` per registry keeps connections alive across requests, and layers
 move three at a time, as docker and skopeo do.
+
+A registry is untrusted, like an image archive. Nothing it sends is read whole before it
+is checked: manifests and configs stop at MINICONTAINER_MAX_MANIFEST_SIZE and
+MINICONTAINER_MAX_CONFIG_SIZE (4 MiB each, as containers/image), any other answer at
+1 MiB, a layer at its descriptor's size; every request runs under a total and a stall
+timeout (transfer.py); and a GET or HEAD whose connection fails is tried again, a few
+times, as docker does.
 """
 from __future__ import annotations
 
@@ -27,19 +34,23 @@ import re
 import ssl
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import httpx
 
 from ..errors import LayerError, RegistryError
+from ..image.limits import (CONFIG_SIZE_SETTING, IMAGE_SIZE_SETTING, MANIFEST_SIZE_SETTING, check_json_shape,
+                            human, max_config_bytes, max_image_bytes, max_manifest_bytes)
 from ..image.reference import DOCKER_HUB_REGISTRY_HOST, is_digest, parse_reference
 from ..image.store import (DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX,
                            OCI_MANIFEST, ImageStore, host_platform, sha256_digest)
 from ..trace import Step, is_planning
 from .credentials import DOCKER_HUB_NAMES, credentials_key, load_credentials, remove_credentials, save_credentials
-from .insecure import config_path, insecure_hint, scheme_for
+from .insecure import config_path, insecure_hint, is_listed_insecure, is_loopback, scheme_for
 from .progress import Progress
+from .transfer import TransferLimits, Watch, watched_transport, watching
 
 USER_AGENT = "minicontainer/0.1"
 # Most specific first: a registry that holds an index for a tag sends the index.
@@ -47,7 +58,9 @@ ACCEPT_ANY_MANIFEST = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MA
 ACCEPT_IMAGE_MANIFEST = ", ".join((OCI_MANIFEST, DOCKER_MANIFEST))
 SCHEMA1_TYPES = ("application/vnd.docker.distribution.manifest.v1+json",
                  "application/vnd.docker.distribution.manifest.v1+prettyjws")
-MAX_MANIFEST_BYTES = 4 << 20
+ANSWER_LIMIT = 1 << 20          # tokens, error bodies, upload answers (containers/image's limit for both)
+RETRY_BACKOFF = 1.0             # seconds before the 2nd attempt; doubled for each one after
+RETRIED_STATUSES = (500, 502, 503, 504)   # the registry or a proxy in front of it hiccupped
 UPLOAD_PIECE = 1 << 20          # read blobs from disk a MiB at a time while sending them
 CONCURRENT_TRANSFERS = 3        # docker's max-concurrent-downloads/uploads default
 PRIVATE_REGISTRY_HINT = "for a private registry: minicontainer registry serve --addr 127.0.0.1:5000"
@@ -101,31 +114,48 @@ def _media_type(header: str | None) -> str:
 
 
 # ---- the client -------------------------------------------------------------------------
+class TransientError(RegistryError):
+    """A failure that trying again may cure: a dropped connection, a 502 from a proxy."""
+
+
+# how a connection that the other side dropped shows up, in httpx's and the kernel's words
+_DROPPED = ("Connection reset", "Broken pipe", "[Errno 104]", "[Errno 32]", "Server disconnected",
+            "peer closed connection", "Connection aborted", "EOF occurred", "UNEXPECTED_EOF")
+
+
 class RegistryClient:
     """One registry: a keep-alive HTTP client, its auth challenge, and tokens per scope."""
 
     def __init__(self, host: str, *, credentials: tuple[str, str] | None = None,
-                 progress: Progress | None = None, timeout: float = 30, scheme: str | None = None):
-        """``scheme`` overrides the http/https choice that daemon.json makes (tests use it)."""
+                 progress: Progress | None = None, limits: TransferLimits | None = None,
+                 scheme: str | None = None):
+        """``scheme`` overrides the http/https choice that daemon.json makes (tests use it);
+        ``limits`` the timeouts and attempts that the environment sets."""
         self.host = api_host(host)
         self.login_name = credentials_key(host)   # what to type after `minicontainer login`
         self.scheme = scheme or scheme_for(self.host)
         self.credentials = credentials
         self.progress = progress if progress is not None else Progress()
-        self.timeout = timeout
+        self.limits = limits or TransferLimits.from_environment()
         self.base_url = f"{self.scheme}://{self.host}"
         # Plain HTTP needs no certificates: loading the CA bundle would cost ~50 ms per process
         # for nothing. Other origins (an https token realm, a CDN a blob redirects to) get a
         # verifying client of their own, made when first needed.
         verify: ssl.SSLContext | bool = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT) if self.scheme == "http" else True
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, verify=verify,
-                                  headers={"User-Agent": USER_AGENT},
-                                  limits=httpx.Limits(max_connections=16, max_keepalive_connections=8))
+        self._http = self._new_client(verify, base_url=self.base_url)
         self._elsewhere: httpx.Client | None = None
         self.challenge: Challenge | None = None
         self._tokens: dict[str, tuple[str, float]] = {}   # scope -> (token, expiry)
         self._lock = threading.Lock()
         self._token_lock = threading.Lock()
+
+    def _new_client(self, verify: ssl.SSLContext | bool, base_url: str = "") -> httpx.Client:
+        # identity: a registry's bytes are content-addressed as sent; a gzip Content-Encoding
+        # would also let a 64 KiB answer inflate in memory before any limit saw it
+        return httpx.Client(base_url=base_url, timeout=self.limits.stall,
+                            transport=watched_transport(verify, httpx.Limits(max_connections=16,
+                                                                             max_keepalive_connections=8)),
+                            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"})
 
     def __repr__(self) -> str:
         return f"<RegistryClient {self.base_url} auth={self.challenge.scheme if self.challenge else 'none'}>"
@@ -149,8 +179,72 @@ class RegistryClient:
             return self._http
         with self._lock:
             if self._elsewhere is None:
-                self._elsewhere = httpx.Client(timeout=self.timeout, headers={"User-Agent": USER_AGENT})
+                self._elsewhere = self._new_client(True)
             return self._elsewhere
+
+    # ---- time limits, retries and bounded answers ---------------------------------------
+    @contextmanager
+    def _timed(self, during: str, what: str | None = None, host: str | None = None) -> Iterator[Watch]:
+        """Run one request under a fresh watch (total and stall timeouts); a failed connection
+        becomes a one-line error that says what was going on."""
+        watch = Watch(self.limits, host or self.host, during)
+        with watching(watch):
+            try:
+                yield watch
+            except httpx.TimeoutException:
+                raise watch.timeout_error() from None
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc, during, what=what, host=host) from None
+
+    def _attempts(self, action: Callable[[], Any], on_retry: Callable[[float], None] | None = None) -> Any:
+        """Run an idempotent exchange (GET, HEAD), again after a failure that may pass, with a
+        growing pause, at most MINICONTAINER_REGISTRY_ATTEMPTS times in all (docker: 5)."""
+        for attempt in range(1, self.limits.attempts + 1):
+            try:
+                return action()
+            except TransientError as exc:
+                if attempt == self.limits.attempts:
+                    if attempt == 1:
+                        raise
+                    raise TransientError(f"{exc} (tried {attempt} times)") from None
+                delay = RETRY_BACKOFF * 2 ** (attempt - 1)
+                if on_retry is not None:
+                    on_retry(delay)
+                time.sleep(delay)
+        raise AssertionError("not reached")
+
+    def _buffered(self, response: httpx.Response, limit: int = ANSWER_LIMIT,
+                  too_big: str | None = None) -> httpx.Response:
+        """The answer with its body read, never more than ``limit`` bytes and never decoded.
+
+        More than that is an error (``too_big`` says which); an error answer is cut off
+        instead, at 1 MiB: its message is all we want from it.
+        """
+        try:
+            failed = response.status_code >= 400
+            cap = min(limit, ANSWER_LIMIT) if failed else limit
+            declared = response.headers.get("Content-Length", "")
+            refuse = too_big or (f"an answer from {self.host} is more than {human(cap)}, more than any registry "
+                                 "answer needs: refusing it (the registry is broken or hostile)")
+            if not failed and response.request.method != "HEAD" and declared.isdigit() and int(declared) > cap:
+                raise RegistryError(refuse)
+            data = bytearray()
+            for chunk in response.iter_raw():
+                data += chunk
+                if len(data) > cap:
+                    if not failed:
+                        raise RegistryError(refuse)
+                    del data[cap:]
+                    break
+        finally:
+            response.close()
+        headers = [(k, v) for k, v in response.headers.multi_items()
+                   if k.lower() not in ("content-encoding", "transfer-encoding", "content-length")]
+        return httpx.Response(response.status_code, headers=headers, content=bytes(data), request=response.request)
+
+    def _too_big(self, what: str, cap: int, setting: str) -> str:
+        return (f"{what} from {self.host} is more than {human(cap)}, the {setting} limit: refusing it "
+                f"(the registry is broken or hostile; raise {setting} only if you trust it)")
 
     # ---- requests, errors and auth -----------------------------------------------------
     def _auth_headers(self, scope: str | None) -> dict[str, str]:
@@ -188,10 +282,14 @@ class RegistryClient:
         auth = httpx.BasicAuth(*self.credentials) if self.credentials else None
         if self.credentials:
             params.append(("account", self.credentials[0]))
-        try:
-            response = self._client_for(challenge.realm).get(challenge.realm, params=params, auth=auth)
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc, what=f"token server {challenge.realm}") from None
+        realm = httpx.URL(challenge.realm)
+
+        def ask() -> httpx.Response:
+            with self._timed("a token request", what=f"token server {challenge.realm}", host=realm.netloc.decode()):
+                client = self._client_for(realm)
+                request = client.build_request("GET", realm, params=params)
+                return self._buffered(client.send(request, auth=auth, stream=True))
+        response = self._attempts(ask)
         if response.status_code == 401:
             refused = f"refused {self._who()}'s credentials" if self.credentials else "wants credentials"
             raise RegistryError(f"unauthorized: the token server {challenge.realm} {refused}: "
@@ -201,9 +299,9 @@ class RegistryClient:
             body = response.json()
             token = body.get("token") or body.get("access_token")
             expires_in = float(body.get("expires_in") or 60)
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):
             token, expires_in = None, 0.0
-        if not token:
+        if not token or not isinstance(token, str):
             raise RegistryError(f"the token server {challenge.realm} answered without a token: "
                                 "it is misconfigured; tell the registry's operator")
         with self._lock:
@@ -229,10 +327,13 @@ class RegistryClient:
     def _send(self, method: str, url: str | httpx.URL, *, scope: str | None,
               headers: dict[str, str] | None = None,
               body: bytes | Callable[[], Iterable[bytes]] | None = None,
-              params: dict[str, str] | None = None, stream: bool = False) -> httpx.Response:
-        """One request with auth; on 401, learn the challenge and retry once.
+              params: dict[str, str] | None = None, stream: bool = False,
+              limit: int = ANSWER_LIMIT, too_big: str | None = None) -> httpx.Response:
+        """One request with auth; on 401, learn the challenge and retry once. Call it in _timed().
 
         ``body`` may be a function returning the body's chunks, so a retry can send it again.
+        Unless ``stream``, the answer's body is read here, at most ``limit`` bytes (``too_big``
+        is the error past that). A 5xx to a GET or HEAD is a TransientError: worth a retry.
         """
         response: httpx.Response | None = None
         for attempt in range(2):
@@ -240,18 +341,18 @@ class RegistryClient:
             content = body() if callable(body) else body
             request = self._http.build_request(method, url, headers={**(headers or {}), **auth},
                                                content=content, params=params)
-            try:
-                response = self._http.send(request, stream=stream)
-            except httpx.HTTPError as exc:
-                raise self._transport_error(exc) from None
-            if response.status_code != 401 or attempt == 1:
-                return response
-            if not self._learn(response, scope, sent_auth=bool(auth)):
-                return response
-            if stream:
+            response = self._http.send(request, stream=True)
+            if response.status_code == 401 and attempt == 0 and self._learn(response, scope, sent_auth=bool(auth)):
                 response.close()
+                continue
+            break
         assert response is not None
-        return response
+        if response.status_code in RETRIED_STATUSES and method in ("GET", "HEAD"):
+            response.close()
+            raise TransientError(f"registry {self.host} answered {response.status_code} {response.reason_phrase} "
+                                 f"to {method} {response.request.url.path}: it is failing or overloaded; "
+                                 "try again later")
+        return response if stream else self._buffered(response, limit, too_big)
 
     def _who(self) -> str:
         return self.credentials[0] if self.credentials else "an anonymous user"
@@ -262,11 +363,10 @@ class RegistryClient:
         status = response.status_code
         if 200 <= status < 300:
             return
-        if not response.is_stream_consumed:
-            try:
-                response.read()
-            except httpx.HTTPError:
-                pass
+        try:
+            response.content
+        except httpx.ResponseNotRead:   # a streamed answer: read what the message needs, no more
+            response = self._buffered(response)
         if status == 429:
             raise RegistryError(self._rate_limit_message(response))
         if status == 401:
@@ -285,7 +385,7 @@ class RegistryClient:
             raise RegistryError(f"manifest unknown: {repo}{sep}{ref} not found in {self.host}: "
                                 "check the name and tag (list tags with GET /v2/<name>/tags/list)")
         detail = "; ".join(f"{c}: {m}" for c, m in _error_messages(response)) or response.reason_phrase
-        raise RegistryError(f"registry {self.host} refused {what}: {status} {detail}")
+        raise RegistryError(f"registry {self.host} refused {what}: {status} {' '.join(detail.split())[:300]}")
 
     def _rate_limit_message(self, response: httpx.Response) -> str:
         who = "Docker Hub" if self.host == DOCKER_HUB_REGISTRY_HOST else f"registry {self.host}"
@@ -300,14 +400,13 @@ class RegistryClient:
         return (f"{who} rate limit reached (429): too many requests{detail}: wait and try again, "
                 f"or log in with minicontainer login {self.login_name} for a higher limit")
 
-    def _transport_error(self, exc: httpx.HTTPError, what: str | None = None) -> RegistryError:
-        """Turn a connection-level failure into a one-line error that says what to do."""
-        what = what or f"registry {self.host}"
-        text = str(exc) or type(exc).__name__
-        hint = insecure_hint(self.host)
-        if isinstance(exc, httpx.TimeoutException):
-            return RegistryError(f"{what} did not answer within {self.timeout:g} s: "
-                                 "check that it is up and your network, then try again")
+    def _transport_error(self, exc: httpx.HTTPError, during: str, what: str | None = None,
+                         host: str | None = None) -> RegistryError:
+        """Turn a connection-level failure into a one-line error: what happened, during what, what to do."""
+        host = host or self.host
+        what = what or f"registry {host}"
+        text = " ".join((str(exc) or type(exc).__name__).split())
+        hint = insecure_hint(host)
         if "CERTIFICATE_VERIFY_FAILED" in text:
             return RegistryError(f"TLS certificate of {what} could not be verified: if you trust it "
                                  f"and it has no proper certificate, {hint}")
@@ -315,18 +414,27 @@ class RegistryClient:
                                    "http request", "unknown protocol")):
             return RegistryError(f"{what} answered plain HTTP to an HTTPS request: "
                                  f"if this registry has no TLS, {hint}")
-        if "SSL" in text or "TLS" in text:
+        if "SSL" in text and not any(s in text for s in _DROPPED) or "TLS" in text:
             return RegistryError(f"TLS handshake with {what} failed ({text}): if it has no TLS, {hint}")
         if "Connection refused" in text or "[Errno 111]" in text:
-            return RegistryError(f"cannot reach {what}: connection refused — is it running? "
-                                 f"{PRIVATE_REGISTRY_HINT}")
+            return TransientError(f"cannot reach {what}: connection refused during {during} — is it running? "
+                                  f"{PRIVATE_REGISTRY_HINT}")
         if "Name or service not known" in text or "name resolution" in text or "No address" in text:
             return RegistryError(f"cannot reach {what}: the name does not resolve — "
                                  "check the spelling and your network")
-        if isinstance(exc, httpx.RemoteProtocolError) and self.scheme == "http":
-            return RegistryError(f"{what} broke the HTTP exchange ({text}): if it speaks HTTPS, remove "
-                                 f"{self.host} from insecure-registries in {config_path()}")
-        return RegistryError(f"cannot reach {what}: {text}")
+        if any(s in text for s in _DROPPED) or isinstance(exc, (httpx.ReadError, httpx.WriteError)):
+            return TransientError(f"connection reset by {host} during {during}: the registry dropped the "
+                                  "connection (it stopped, crashed or restarted): check that it is running, "
+                                  "then try again")
+        if isinstance(exc, httpx.RemoteProtocolError):
+            if self.scheme == "http" and not is_loopback(host) and is_listed_insecure(host):
+                return RegistryError(f"{what} broke the HTTP exchange during {during} ({text}): if it speaks "
+                                     f"HTTPS, remove {host} from insecure-registries in {config_path()}")
+            return RegistryError(f"{what} sent a malformed HTTP answer during {during} ({text}): "
+                                 "it is not a registry, or it is broken")
+        if isinstance(exc, httpx.ConnectError):
+            return TransientError(f"cannot reach {what} during {during}: {text}")
+        return RegistryError(f"{during} with {what} failed: {text}")
 
     # ---- Steps ------------------------------------------------------------------------
     def _curl(self, method: str, url: str, extra: str = "") -> str:
@@ -342,10 +450,9 @@ class RegistryClient:
     # ---- the API ----------------------------------------------------------------------
     def ping(self) -> None:
         """``GET /v2/``: check this is a registry and learn how it wants us to authenticate."""
-        try:
-            response = self._http.get("/v2/")
-        except httpx.HTTPError as exc:
-            raise self._transport_error(exc) from None
+        # no retries here, as docker: a registry that isn't there should be said at once
+        with self._timed("GET /v2/"):
+            response = self._buffered(self._http.send(self._http.build_request("GET", "/v2/"), stream=True))
         if response.status_code == 401:
             challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
             if challenge is None:
@@ -373,7 +480,8 @@ class RegistryClient:
             except RegistryError as exc:
                 raise RegistryError(f"login failed: {exc}") from None
         try:
-            response = self._send("GET", "/v2/", scope=None)
+            with self._timed("the login check (GET /v2/)"):
+                response = self._send("GET", "/v2/", scope=None)
         except RegistryError as exc:
             raise RegistryError(f"login failed: {exc}") from None
         if response.status_code == 401:
@@ -385,19 +493,28 @@ class RegistryClient:
             raise RegistryError(f"login failed: {exc}") from None
 
     def get_manifest(self, repo: str, ref: str, accept: str = ACCEPT_ANY_MANIFEST) -> tuple[bytes, str, str]:
-        """``GET /v2/<repo>/manifests/<ref>``: (body, media type, digest); the digest is checked."""
+        """``GET /v2/<repo>/manifests/<ref>``: (body, media type, digest); the digest is checked.
+
+        At most MINICONTAINER_MAX_MANIFEST_SIZE bytes are read (4 MiB, as containers/image).
+        """
         path = f"/v2/{repo}/manifests/{ref}"
+        name = f"{repo}{'@' if is_digest(ref) else ':'}{ref}"
         step = Step("pull_manifest", call=f"GET {path}",
                     shell=self._curl("GET", path, f" -H 'Accept: {accept}'"),
                     why="the manifest names the config and layers by digest; Accept lists the formats we read")
+        cap = max_manifest_bytes()
+
+        def download() -> httpx.Response:
+            with self._timed("manifest download"):
+                response = self._send("GET", path, scope=repository_scope(repo), headers={"Accept": accept},
+                                      limit=cap, too_big=self._too_big(f"manifest {name}", cap,
+                                                                       MANIFEST_SIZE_SETTING))
+            self._check(response, what=f"GET {path}", repo=repo, ref=ref)
+            return response
 
         def fetch() -> tuple[bytes, str, str]:
-            response = self._send("GET", path, scope=repository_scope(repo), headers={"Accept": accept})
-            self._check(response, what=f"GET {path}", repo=repo, ref=ref)
+            response = self._attempts(download)
             body = response.content
-            if len(body) > MAX_MANIFEST_BYTES:
-                raise RegistryError(f"manifest {repo}:{ref} from {self.host} is {len(body)} bytes, "
-                                    f"more than the {MAX_MANIFEST_BYTES} a manifest may be: refusing it")
             digest = sha256_digest(body)
             claimed = ref if is_digest(ref) else response.headers.get("Docker-Content-Digest")
             if claimed and claimed.startswith("sha256:") and claimed != digest:
@@ -409,8 +526,8 @@ class RegistryClient:
             media_type = _media_type(response.headers.get("Content-Type"))
             if media_type not in (*INDEX_TYPES, *MANIFEST_TYPES):
                 try:
-                    media_type = json.loads(body).get("mediaType") or media_type
-                except (ValueError, AttributeError):
+                    media_type = _json(body, f"manifest {name}").get("mediaType") or media_type
+                except RegistryError:
                     pass
             if media_type in SCHEMA1_TYPES:
                 raise RegistryError(f"{repo}:{ref} on {self.host} is a Docker schema 1 manifest, which is "
@@ -421,7 +538,10 @@ class RegistryClient:
 
     def blob_exists(self, repo: str, digest: str) -> bool:
         """``HEAD /v2/<repo>/blobs/<digest>``: does the registry already have this blob here?"""
-        response = self._send("HEAD", f"/v2/{repo}/blobs/{digest}", scope=repository_scope(repo, "pull,push"))
+        def head() -> httpx.Response:
+            with self._timed("a blob check (HEAD)"):
+                return self._send("HEAD", f"/v2/{repo}/blobs/{digest}", scope=repository_scope(repo, "pull,push"))
+        response = self._attempts(head)
         if response.status_code == 404:
             return False
         self._check(response, what=f"HEAD /v2/{repo}/blobs/{digest}")
@@ -432,9 +552,10 @@ class RegistryClient:
         return Step("pull_blob", call=f"GET {path}", shell=self._curl("GET", path, " -L -o blob"),
                     why="download one content-addressed blob; it is stored only if it hashes to its digest")
 
-    def _get_blob_response(self, repo: str, digest: str, *, stream: bool) -> httpx.Response:
-        """``GET`` a blob, following a redirect (Docker Hub sends blobs from a CDN) without our credentials."""
-        response = self._send("GET", f"/v2/{repo}/blobs/{digest}", scope=repository_scope(repo), stream=stream)
+    def _get_blob_response(self, repo: str, digest: str, during: str) -> httpx.Response:
+        """``GET`` a blob as a stream, following a redirect (Docker Hub sends blobs from a CDN)
+        without our credentials. Call it in _timed()."""
+        response = self._send("GET", f"/v2/{repo}/blobs/{digest}", scope=repository_scope(repo), stream=True)
         for _ in range(5):
             location = response.headers.get("Location")
             if response.status_code not in (301, 302, 303, 307, 308) or not location:
@@ -443,22 +564,41 @@ class RegistryClient:
             url = self._http.base_url.join(location)
             client = self._client_for(url)
             if client is self._http:
-                response = self._send("GET", url, scope=repository_scope(repo), stream=stream)
+                response = self._send("GET", url, scope=repository_scope(repo), stream=True)
                 continue
             try:
                 # a signed CDN URL carries its own permission; the registry's token stays with the registry
-                response = client.send(client.build_request("GET", url), stream=stream)
+                response = client.send(client.build_request("GET", url), stream=True)
+            except httpx.TimeoutException:
+                raise
             except httpx.HTTPError as exc:
-                raise self._transport_error(exc, what=f"blob server {url.host}") from None
+                raise self._transport_error(exc, during, what=f"blob server {url.host}", host=url.host) from None
         return response
 
     def get_blob(self, repo: str, digest: str, size: int | None = None) -> bytes:
-        """A small blob (a config) into memory, checked against its digest."""
+        """A config into memory: at most its descriptor's size and MINICONTAINER_MAX_CONFIG_SIZE
+        (4 MiB), checked against its digest."""
         step = self._blob_step(repo, digest)
+        cap = max_config_bytes()
+        if size is not None and size > cap:
+            raise RegistryError(f"config {digest} of {self.host}/{repo} is {size} bytes by its descriptor, more "
+                                f"than {human(cap)}, the {CONFIG_SIZE_SETTING} limit: refusing to download it "
+                                f"(raise {CONFIG_SIZE_SETTING} only if you trust the registry)")
+        limit = cap if size is None else size
+        too_big = self._too_big(f"config {digest}", cap, CONFIG_SIZE_SETTING) if size is None else \
+            (f"size mismatch: blob {digest} from {self.host}/{repo} is longer than the {size} bytes the manifest "
+             "says; stopped reading, nothing was stored")
+
+        def download() -> httpx.Response:
+            with self._timed("config download") as watch:
+                response = self._get_blob_response(repo, digest, watch.during)
+                if response.is_success:
+                    return self._buffered(response, limit, too_big)
+                self._check(response, what=f"GET /v2/{repo}/blobs/{digest}")
+                return response
 
         def fetch() -> bytes:
-            response = self._get_blob_response(repo, digest, stream=False)
-            self._check(response, what=f"GET /v2/{repo}/blobs/{digest}")
+            response = self._attempts(download)
             data = response.content
             got = sha256_digest(data)
             if got != digest:
@@ -472,22 +612,29 @@ class RegistryClient:
         return step.do(fetch)
 
     def fetch_blob(self, repo: str, digest: str, size: int | None, into: ImageStore) -> None:
-        """Stream a blob into the store; ImageStore.ingest_blob keeps it only if the digest checks out."""
+        """Stream a blob into the store; ImageStore.ingest_blob stops at ``size`` and keeps it
+        only if the digest checks out. A dropped connection starts it again (docker: 5 attempts)."""
         if into.has_blob(digest):
             self.progress.status(digest, "Already exists")
             return
         step = self._blob_step(repo, digest)
-        total = size or 0
 
         def fetch() -> str:
-            response = self._get_blob_response(repo, digest, stream=True)
+            return self._attempts(lambda: self._download_blob(repo, digest, size, into),
+                                  on_retry=lambda delay: self.progress.status(digest, f"Retrying in {delay:g} seconds"))
+        step.do(fetch)
+
+    def _download_blob(self, repo: str, digest: str, size: int | None, into: ImageStore) -> str:
+        total = size or 0
+        with self._timed("blob download") as watch:
+            response = self._get_blob_response(repo, digest, watch.during)
             try:
                 self._check(response, what=f"GET /v2/{repo}/blobs/{digest}")
                 received = 0
 
                 def chunks() -> Iterator[bytes]:
                     nonlocal received
-                    for chunk in response.iter_bytes():
+                    for chunk in response.iter_raw():   # raw: as stored, and never inflated in memory
                         received += len(chunk)
                         self.progress.advance(digest, "Downloading", received, total)
                         yield chunk
@@ -496,13 +643,10 @@ class RegistryClient:
                 except LayerError as exc:
                     raise RegistryError(f"{self.host}/{repo}: {exc} — the registry's copy is corrupt "
                                         "or was tampered with") from None
-                except httpx.HTTPError as exc:
-                    raise self._transport_error(exc) from None
             finally:
                 response.close()
-            self.progress.status(digest, "Download complete")
-            return f"{response.status_code}, {received} bytes, digest verified"
-        step.do(fetch)
+        self.progress.status(digest, "Download complete")
+        return f"{response.status_code}, {received} bytes, digest verified"
 
     def _upload_url(self, location: str | None, repo: str) -> httpx.URL:
         if not location:
@@ -512,7 +656,8 @@ class RegistryClient:
 
     def _start_upload(self, repo: str, scope: str) -> httpx.URL:
         """``POST /v2/<repo>/blobs/uploads/``: open an upload session; its URL comes back in Location."""
-        response = self._send("POST", f"/v2/{repo}/blobs/uploads/", scope=scope, body=b"")
+        with self._timed("the start of a blob upload"):
+            response = self._send("POST", f"/v2/{repo}/blobs/uploads/", scope=scope, body=b"")
         self._check(response, what=f"push to {repo} (POST /v2/{repo}/blobs/uploads/)")
         return self._upload_url(response.headers.get("Location"), repo)
 
@@ -525,8 +670,9 @@ class RegistryClient:
         outcome: dict[str, httpx.URL] = {}
 
         def mount() -> str:
-            response = self._send("POST", path, scope=scope, params={"mount": digest, "from": mount_from},
-                                  body=b"")
+            with self._timed("a blob mount"):
+                response = self._send("POST", path, scope=scope, params={"mount": digest, "from": mount_from},
+                                      body=b"")
             if response.status_code == 201:
                 return "201 Created: mounted"
             self._check(response, what=f"push to {repo} (mount from {mount_from})")
@@ -580,9 +726,11 @@ class RegistryClient:
                     why="send the blob; the registry hashes it and keeps it only if it matches the digest")
 
         def put() -> str:
-            response = self._send("PUT", url, scope=scope, body=lambda: self._read_pieces(open_fn, digest, size),
-                                  headers={"Content-Type": "application/octet-stream",
-                                           "Content-Length": str(size)})
+            with self._timed("blob upload"):
+                response = self._send("PUT", url, scope=scope,
+                                      body=lambda: self._read_pieces(open_fn, digest, size),
+                                      headers={"Content-Type": "application/octet-stream",
+                                               "Content-Length": str(size)})
             self._check(response, what=f"upload of {digest} to {repo}")
             return f"{response.status_code} Created, {size} bytes"
         step.do(put)
@@ -605,16 +753,18 @@ class RegistryClient:
                     if not data:
                         raise RegistryError(f"blob {digest} is shorter than the {size} bytes its descriptor "
                                             "says: the local store is damaged; pull or build the image again")
-                    response = self._send("PATCH", location, scope=scope, body=data, headers={
-                        "Content-Type": "application/octet-stream",
-                        "Content-Range": f"{offset}-{offset + len(data) - 1}"})
+                    with self._timed("blob upload (a PATCH of one chunk)"):
+                        response = self._send("PATCH", location, scope=scope, body=data, headers={
+                            "Content-Type": "application/octet-stream",
+                            "Content-Range": f"{offset}-{offset + len(data) - 1}"})
                     self._check(response, what=f"chunked upload of {digest} to {repo}")
                     # each answer may move the session: always continue at the Location it gives
                     location = self._upload_url(response.headers.get("Location") or str(location), repo)
                     offset += len(data)
                     self.progress.advance(digest, "Pushing", offset, size)
-            response = self._send("PUT", location.copy_merge_params({"digest": digest}), scope=scope,
-                                  body=b"", headers={"Content-Type": "application/octet-stream"})
+            with self._timed("blob upload (the closing PUT)"):
+                response = self._send("PUT", location.copy_merge_params({"digest": digest}), scope=scope,
+                                      body=b"", headers={"Content-Type": "application/octet-stream"})
             self._check(response, what=f"upload of {digest} to {repo}")
             return f"{response.status_code} Created after {count} PATCH requests, {size} bytes"
         step.do(send)
@@ -628,8 +778,9 @@ class RegistryClient:
                     why="the manifest names config and layers by digest; putting it under a tag publishes the image")
 
         def put() -> str:
-            response = self._send("PUT", path, scope=repository_scope(repo, "pull,push"), body=body,
-                                  headers={"Content-Type": media_type})
+            with self._timed("manifest upload"):
+                response = self._send("PUT", path, scope=repository_scope(repo, "pull,push"), body=body,
+                                      headers={"Content-Type": media_type})
             self._check(response, what=f"push of manifest {repo}:{ref}")
             answered = response.headers.get("Docker-Content-Digest")
             if answered and answered.startswith("sha256:") and answered != digest:
@@ -640,12 +791,13 @@ class RegistryClient:
         return digest
 
 
+
 def _error_messages(response: httpx.Response) -> list[tuple[str, str]]:
     """(code, message) pairs from the spec's error body, if the body is one."""
     try:
         errors = response.json().get("errors") or []
         return [(str(e.get("code", "")), str(e.get("message", ""))) for e in errors if isinstance(e, dict)]
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, TypeError, RecursionError):
         return []
 
 
@@ -714,7 +866,23 @@ def _layer_descriptors(manifest: dict[str, Any], what: str) -> tuple[dict[str, A
             not all(isinstance(d, dict) and is_digest(str(d.get("digest", ""))) for d in [config, *layers]):
         raise RegistryError(f"{what} is not an image manifest (no config and layers with digests): "
                             "it may be an artifact, not an image")
+    for d in [config, *layers]:
+        size = d.get("size")
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise RegistryError(f"{what} gives blob {d['digest']} the size {size!r}, which is no byte count: "
+                                "the manifest is malformed; the registry is broken or hostile")
     return config, layers
+
+
+def _check_image_size(config: dict[str, Any], layers: list[dict[str, Any]], name: str) -> None:
+    """Refuse, before downloading anything, an image whose layers already exceed MINICONTAINER_MAX_IMAGE_SIZE
+    compressed (a layer never unpacks to less than its compressed size, by much)."""
+    total = sum(d.get("size") or 0 for d in layers) + (config.get("size") or 0)
+    cap = max_image_bytes()
+    if total > cap:
+        raise RegistryError(f"{name} is {total} bytes by its manifest, more than {human(cap)}, the "
+                            f"{IMAGE_SIZE_SETTING} limit: nothing was downloaded (raise {IMAGE_SIZE_SETTING} "
+                            "only if you trust the image)")
 
 
 def pull(ref: str, store: ImageStore, *, platform: str | None = None, progress: Progress | None = None) -> str:
@@ -745,6 +913,7 @@ def pull(ref: str, store: ImageStore, *, platform: str | None = None, progress: 
                                                                     accept=ACCEPT_IMAGE_MANIFEST)
             manifest = _json(body, f"manifest {entry['digest']} of {name}")
         config_desc, layers = _layer_descriptors(manifest, f"{name} ({manifest_digest})")
+        _check_image_size(config_desc, layers, name)
 
         config_bytes = client.get_blob(reference.path, config_desc["digest"], config_desc.get("size"))
         config = _json(config_bytes, f"config of {name}")
@@ -789,8 +958,12 @@ def _tagged_digest(store: ImageStore, name: str) -> str | None:
 
 def _json(data: bytes, what: str) -> dict[str, Any]:
     try:
+        check_json_shape(data, what)
+    except LayerError as exc:
+        raise RegistryError(str(exc)) from None
+    try:
         value = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RegistryError(f"{what} is not JSON: the registry sent something else; check the reference") from None
     if not isinstance(value, dict):
         raise RegistryError(f"{what} is not a JSON object: the registry sent something else")
