@@ -86,11 +86,11 @@ def artifacts() -> Path:
 def lab(no_leftovers, browser):
     """A JupyterLab server for this test, its files and the kernels' engine root under the test's root."""
     server = LabServer(NOTEBOOKS, no_leftovers / "lab")
-    server.start()
     try:
+        server.start()
         yield server
     finally:
-        server.stop()
+        server.stop()     # also when it never came up
 
 
 @pytest.fixture

@@ -44,7 +44,9 @@ CELLS = """() => window.jupyterapp.shell.currentWidget.content.widgets.map((cell
 }))"""
 
 # Each visible element matching the selector, against the output area it is rendered in:
-# the element's own box and scroll width, the area's width and whether the area scrolls sideways.
+# the element's own box and scroll width, the area's width and whether the area scrolls sideways,
+# and how many of its table cells the page aligns other than left (JupyterLab's own output
+# style right-aligns every td and th of an HTML output, unless a rule beats it).
 MEASURE = """(selector) => {
   const cells = window.jupyterapp.shell.currentWidget.content.widgets;
   const found = [];
@@ -57,7 +59,9 @@ MEASURE = """(selector) => {
     found.push({cell: index, id: index >= 0 ? cells[index].model.id : null,
                 width: Math.max(el.scrollWidth, box.width, box.right - areaBox.left),
                 overflow: el.scrollWidth - el.clientWidth,
-                area_width: area.clientWidth, area_overflow: area.scrollWidth - area.clientWidth});
+                area_width: area.clientWidth, area_overflow: area.scrollWidth - area.clientWidth,
+                not_left: Array.from(el.querySelectorAll('td, th'))
+                  .filter(c => !['left', 'start'].includes(getComputedStyle(c).textAlign)).length});
   });
   return found;
 }"""
@@ -75,6 +79,7 @@ class Measured:
     overflow: int         # how far its content overflows its own box
     area_width: int       # the output area's width
     area_overflow: int    # how far the output area scrolls sideways
+    not_left: int = 0     # table cells in it that are not left-aligned
 
     @property
     def ratio(self) -> float:
@@ -125,7 +130,7 @@ def cell_problems(notebook: str, cell_list: list[dict]) -> list[str]:
 
 def measure(page: Page, notebook: str, selector: str, layout: str) -> list[Measured]:
     return [Measured(notebook, selector, layout, m["cell"], m["id"], m["width"], m["overflow"], m["area_width"],
-                     m["area_overflow"]) for m in page.evaluate(MEASURE, selector)]
+                     m["area_overflow"], m["not_left"]) for m in page.evaluate(MEASURE, selector)]
 
 
 def toggle_file_browser(page: Page) -> None:

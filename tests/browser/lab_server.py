@@ -29,7 +29,7 @@ TOOL_DIRS = ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "I
 # - the announcements plugin asks, in a toast over the notebook, whether to fetch news.
 NOTEBOOK_SETTINGS = {"windowingMode": "none"}
 DISABLED_PLUGINS = {"@jupyterlab/apputils-extension:announcements": True}
-READY_WAIT = 60.0   # seconds: a guard against a server that never comes up, not a speed check
+READY_WAIT = 300.0  # seconds: a guard against a server that never comes up (a loaded 2-core machine takes long), not a speed check
 STOP_WAIT = 30.0    # seconds the server gets to shut its kernels down before it is killed
 
 

@@ -3,8 +3,9 @@
 Each notebook is opened in JupyterLab in Debian's chromium, run with Run All Cells, and read
 back from the page: no cell may show an error, and every trace table (``.mc-trace``) and
 step player (``.mc-player``) must fit the output area it is drawn in, measured in the DOM
-at a 1,280 px wide window. The exam-prep quiz is answered with the mouse, in English and in
-Chinese. Screenshots of each notebook go to browser-artifacts/.
+at a 1,280 px wide window, with its cells left-aligned. The exam-prep quiz is answered with
+the mouse, in English and in Chinese. Screenshots of each notebook go to browser-artifacts/.
+The last test shows that these checks fail on a notebook that should fail them.
 """
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def screenshot_outputs(page, folder: Path, selector: str) -> int:
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_all_in_jupyterlab_with_no_error_and_every_trace_fits_its_output_area(
+def test_notebook_runs_all_in_jupyterlab_with_no_error_and_its_traces_fit_the_output_area_left_aligned(
         notebook: Path, lab: LabServer, page, artifacts: Path, report: BrowserReport):
     open_notebook(page, lab.lab_url(notebook.name))
     run_all(page)
@@ -104,11 +105,22 @@ def test_notebook_runs_all_in_jupyterlab_with_no_error_and_every_trace_fits_its_
 
     left = leftovers_of(lab.kernel_pids())
     lab.shut_down_kernels()
-    assert not problems, "cells that fail in JupyterLab:\n" + "\n".join(problems)
+    failures = []
+    if problems:
+        failures.append("cells that fail in JupyterLab:\n" + "\n".join(problems))
     too_wide = [m for m in measured if not m.fits]
-    assert not too_wide, ("wider than their output area, so the student must scroll sideways:\n"
-                          + "\n".join(map(str, too_wide)))
-    assert not left, f"{notebook.name} left processes running after Run All: {left}"
+    if too_wide:
+        failures.append("wider than their output area, so the student must scroll sideways:\n"
+                        + "\n".join(map(str, too_wide)))
+    right_aligned = [f"{m.notebook} cell {m.cell} ({m.cell_id}) {m.selector}: {m.not_left} cells"
+                     for m in measured if m.not_left and m.layout == "open"]
+    if right_aligned:
+        failures.append("table cells the page does not align left (JupyterLab's output style "
+                        "':not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td' right-aligns them; a rule "
+                        "scoped to the table must be more specific):\n" + "\n".join(right_aligned))
+    if left:
+        failures.append(f"{notebook.name} left processes running after Run All: {left}")
+    assert not failures, "\n\n".join(failures)
 
 
 EXAM_PREP = next((p for p in NOTEBOOKS if p.name.endswith("-exam-prep.ipynb")), None)
@@ -181,4 +193,5 @@ def test_the_browser_checks_catch_a_failing_cell_and_a_trace_wider_than_its_outp
     assert problems[1].endswith("Run All never ran cells 2"), problems
     [wide] = measure(page, "checks-can-fail", ".mc-trace", "open")
     assert not wide.fits and wide.area_overflow > 0 and wide.ratio > 1, f"the unstyled trace should not fit: {wide}"
+    assert wide.not_left == 4, f"JupyterLab should right-align the unstyled table's 4 cells: {wide.not_left}"
     lab.shut_down_kernels()
