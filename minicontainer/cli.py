@@ -717,13 +717,26 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(exc, "exit_code", 125)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `minicontainer inspect busybox | head`: the reader left, not an error
+        sys.stderr.close()
+        return 0
     except PermissionError as exc:
         sys.stdout.flush()
         print(f"minicontainer: {_permission_message(args, exc)}", file=sys.stderr)
         return 125
-    except BrokenPipeError:  # `minicontainer inspect busybox | head`: the reader left, not an error
-        sys.stderr.close()
-        return 0
+    except OSError as exc:   # a file the user named, or the machine, refused: say which and why
+        sys.stdout.flush()
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"minicontainer: {_verb_name(args)}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 125
+    except Exception as exc:   # a bug: still one line, with the way to see the traceback
+        if os.environ.get("MINICONTAINER_DEBUG"):
+            raise
+        sys.stdout.flush()
+        text = " ".join(str(exc).split())[:200]
+        print(f"minicontainer: internal error in {_verb_name(args)}: {type(exc).__name__}: {text}: this is a bug; "
+              "run it again with MINICONTAINER_DEBUG=1 for the traceback, and report it", file=sys.stderr)
+        return 125
 
 
 def _attach_option_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
@@ -775,10 +788,15 @@ def _value_options(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]
     return names
 
 
+def _verb_name(args: argparse.Namespace) -> str:
+    """The verb as typed: 'tag', 'image prune', 'registry serve'."""
+    return " ".join(str(getattr(args, key)) for key in ("verb", "subverb", "image_verb", "registry_verb")
+                    if getattr(args, key, None))
+
+
 def _permission_message(args: argparse.Namespace, exc: PermissionError) -> str:
     """One line for EACCES/EPERM: as a non-root user it is nearly always the engine's root-only state."""
-    verb = " ".join(str(getattr(args, key)) for key in ("verb", "subverb", "image_verb", "registry_verb")
-                    if getattr(args, key, None))
+    verb = _verb_name(args)
     where = f" on {exc.filename}" if exc.filename else ""
     if os.geteuid() != 0:
         return (f"{verb} needs root: permission denied{where} (the engine's state belongs to root): "

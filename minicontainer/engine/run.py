@@ -154,6 +154,7 @@ def parse_security_opts(options: list[str]) -> tuple[bool, dict | None]:
 
 # Docker's floor for -m: below this the container's runtime itself can't start.
 MIN_MEMORY = 6 << 20
+MAX_MEMORY = (1 << 63) - 1   # the cgroup files hold a signed 64-bit count (docker's int64 too)
 # The kernel's PID_MAX_LIMIT on 64-bit: pids.max refuses anything larger (ERANGE past int64).
 MAX_PIDS_LIMIT = 4 << 20
 # The container gets its own proc, sysfs and /dev mounted after the volumes: a volume on or
@@ -164,6 +165,9 @@ KERNEL_MOUNTS = ("/proc", "/sys", "/dev")
 def parse_memory_limit(value: str | int) -> int:
     """-m as bytes; like docker, under 6 MiB is refused before anything is created."""
     size = parse_memory(value)
+    if size > MAX_MEMORY:
+        raise InvalidArgument(f"invalid memory limit {str(value)!r}: more than a cgroup can hold (2^63-1 bytes); "
+                              "give e.g. -m 64m, or no -m for no limit")
     if size < MIN_MEMORY:
         raise InvalidArgument(f"invalid memory limit {str(value)!r}: the minimum is 6m (6 MiB), as in docker; "
                               "give e.g. -m 64m")

@@ -616,7 +616,12 @@ def _save(store: ImageStore, items: list[SaveItem], out_path: str, fmt: Format) 
         raise MinicontainerError(f"cannot write {out_path}: directory {out.parent} does not exist")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}")
     try:
-        with open(tmp, "wb") as f:
+        f = open(tmp, "wb")
+    except OSError as exc:
+        raise MinicontainerError(f"cannot write {out_path}: {exc.strerror} in {out.parent}: "
+                                 "give a file in a directory you can write to") from None
+    try:
+        with f:
             with tarfile.open(fileobj=f, mode="w", format=tarfile.PAX_FORMAT) as tar:
                 _write_members(store, tar, members, blobs)
             f.flush()
