@@ -93,7 +93,7 @@ def _bind(path: str, target: str | None = None, *, readonly: bool = True) -> dic
             "options": ["rbind", "ro" if readonly else "rw", "nosuid", "nodev"] + ([] if readonly else ["noexec"])}
 
 
-def _tmpfs(target: str, size: str, uid: int) -> dict:
+def _tmpfs(target: str, size: str) -> dict:
     return {"destination": target, "type": "tmpfs", "source": "tmpfs",
             "options": ["nosuid", "nodev", f"size={size}", "mode=1777"]}
 
@@ -125,7 +125,7 @@ def kernel_config(base: dict, rootfs: Path, kernel_dir: Path, slot: int, limits:
                                                                   "/dev/mqueue")]
     mounts += [_bind("/usr"), *(_bind(p) for p in python_paths()),
                _bind(str(kernel_dir), "/run/kernel", readonly=False),
-               _tmpfs("/tmp", limits.tmp_size, uid), _tmpfs("/work/submission", limits.work_size, uid)]
+               _tmpfs("/tmp", limits.tmp_size), _tmpfs("/work/submission", limits.work_size)]
     config["mounts"] = mounts
     linux = config["linux"]
     linux.pop("cgroupsPath", None)
@@ -142,8 +142,8 @@ def kernel_config(base: dict, rootfs: Path, kernel_dir: Path, slot: int, limits:
 class ContainerKernelManager(AsyncKernelManager):
     """A kernel manager whose kernel is `minicontainer runtime run` of a prepared bundle.
 
-    Interrupts go as messages (the runtime's process is not the kernel); shutting down
-    deletes the container, so nothing it started outlives it.
+    Interrupts go as messages (the runtime's process is not the kernel). The kernel ends
+    when Sandbox.remove deletes the container, with everything it started.
     """
 
     def __init__(self, *, bundle: Path, container_id: str, runtime_root: Path, kernel_dir: Path, **kw):
@@ -161,6 +161,7 @@ class ContainerKernelManager(AsyncKernelManager):
         kw["stdout"] = kw["stderr"] = subprocess.DEVNULL
         kw["stdin"] = subprocess.DEVNULL
         await super()._async_launch_kernel(kernel_cmd, **kw)
+        self.kernel_process = self.provisioner.process
 
     def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
         """The runtime's command line; the kernel's own arguments are in config.json."""
@@ -176,16 +177,18 @@ class ContainerKernelManager(AsyncKernelManager):
         os.chown(inside, self.container_uid, self.container_uid)
 
     container_uid = UID_BASE
+    kernel_process: subprocess.Popen | None = None
 
-    async def _async_shutdown_kernel(self, now: bool = False, restart: bool = False) -> None:
+    def reap(self) -> None:
+        """Wait for the runtime's process once the container is gone (nbclient leaves a kernel
+        manager it was handed running: it only shuts down kernels it started)."""
+        if self.kernel_process is None:
+            return
         try:
-            await super()._async_shutdown_kernel(now=True, restart=restart)
-        finally:
-            self.delete_container()
-
-    def delete_container(self) -> None:
-        subprocess.run([*runtime_command(), "--root", str(self.runtime_root), "delete", "-f", self.container_id],
-                       capture_output=True)
+            self.kernel_process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.kernel_process.kill()
+            self.kernel_process.wait()
 
 
 @dataclass
@@ -256,12 +259,13 @@ class GradingEnvironment:
 
         def run(nb, workdir, limits):
             sandbox = self.sandbox(slot)
+            km = sandbox.kernel_manager()
             try:
-                return run_notebook(nb, cwd=str(sandbox.bundle), km=sandbox.kernel_manager(),
-                                    cell_timeout=limits.cell_timeout, notebook_timeout=limits.notebook_timeout,
-                                    output_cap=limits.output_cap)
+                return run_notebook(nb, cwd=str(sandbox.bundle), km=km, cell_timeout=limits.cell_timeout,
+                                    notebook_timeout=limits.notebook_timeout, output_cap=limits.output_cap)
             finally:
                 sandbox.remove()
+                km.reap()
         return run
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ class Entry:
     name: str
     build: object                      # source notebook dict -> submission (dict, or bytes for a broken file)
     points: dict[str, float]           # expected points per part
-    problem: str = ""                  # a phrase the row's problem must contain ("" = no problem)
+    problem: str = ""                  # a phrase the row's problem must contain ("" = no problem; "a|b": either)
     messages: dict[str, str] = field(default_factory=dict)   # part -> a phrase its message must contain
 
 
@@ -117,7 +117,8 @@ def corpus() -> list[Entry]:
               points(namespaces_network=0), problem="kernel died"),
         Entry("fork-bomb", lambda nb: with_code(nb, {"namespaces-network-code":
               "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"}),
-              points(namespaces_network=0)),
+              # 256 spinning processes on one CPU: the kernel may be too starved to answer after the interrupt
+              points(namespaces_network=0), problem="|stopped answering"),
         Entry("memory-hog", lambda nb: with_code(nb, {"namespaces-network-code": "hog = b'x' * (3 * 2**30)\n"}),
               points(namespaces_network=0), problem="kernel died"),
         Entry("huge-output", lambda nb: with_code(nb, {"namespaces-network-code":

@@ -1,0 +1,148 @@
+"""autograde for real: lab 01's hostile and broken submissions (tests/grading_corpus.py), each
+graded in its own container, each with its expected row; and a submission that tries every
+way out of its container gets nothing, while the next one is graded normally."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+
+import pytest
+
+from grading.autograde import autograde
+from grading.cells import read_notebook, source_text
+from grading.container import GradingEnvironment
+from grading.grade import Limits, grade_notebook
+from grading.labs import find_lab
+from grading_corpus import ATTACK_NAMES, FULL, LAB, attack_cells, corpus, write_corpus
+
+pytestmark = pytest.mark.slow
+
+
+def test_every_hostile_or_broken_submission_gets_its_expected_row_and_the_batch_finishes(tmp_path):
+    lab = find_lab(LAB)
+    source = json.loads(lab.source.read_text())
+    entries = corpus()
+    write_corpus(source, tmp_path / "in", entries)
+    (tmp_path / "in" / "notes.txt").write_text("not a submission")
+    results = autograde(lab, tmp_path / "in", tmp_path / "out", jobs=2,
+                        limits=Limits(cell_timeout=8, notebook_timeout=60))
+    rows = {r.student: r for r in results}
+    assert set(rows) == {e.name for e in entries}
+    for e in entries:
+        row = rows[e.name]
+        assert {p.id: p.points for p in row.parts} == e.points, (e.name, row)
+        assert any((phrase in row.problem) if phrase else not row.problem for phrase in e.problem.split("|")), \
+            (e.name, row.problem)
+        for part, phrase in e.messages.items():
+            assert phrase in next(p.message for p in row.parts if p.id == part), (e.name, row)
+        assert row.max_score == sum(FULL.values()), "tampered metadata never changes what a part is worth"
+    # deterministic: the same submission, the same row
+    assert [(p.points, p.status, p.message) for p in rows["partial"].parts] == \
+           [(p.points, p.status, p.message) for p in rows["partial-again"].parts]
+
+    out = tmp_path / "out"
+    with open(out / "grades.csv") as f:
+        table = {r["student_id"]: r for r in csv.DictReader(f)}
+    assert table["correct"]["score"] == "7" and table["correct"]["namespaces-isolate"] == "3"
+    assert table["syntax-error"]["namespaces-isolate"] == "0"
+    assert "could not be read" in table["not-json"]["problem"]
+    saved = json.loads((out / "results.json").read_text())
+    assert [s["student"] for s in saved["submissions"]] == sorted(rows)
+    feedback = (out / "feedback" / "syntax-error.html").read_text()
+    assert "SyntaxError" in feedback and "3 / 3" not in feedback
+    hidden = [line.strip() for c in source["cells"] for line in source_text(c).split("### BEGIN HIDDEN TESTS")[1:]]
+    assert hidden and not any(h[:40] in page.read_text() for h in hidden
+                              for page in (out / "feedback").iterdir()), "no feedback page shows hidden test code"
+    assert (out / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _sysctls() -> dict[str, str]:
+    paths = ("/proc/sys/vm/overcommit_memory", "/proc/sys/kernel/pid_max", "/proc/sys/fs/file-max")
+    return {p: open(p).read() for p in paths}
+
+
+def _processes_running(argv: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").strip() == argv.encode():
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_a_submission_that_tries_every_way_out_gets_nothing_and_the_next_is_graded_normally(tmp_path):
+    lab = find_lab(LAB)
+    source = read_notebook(lab.source)
+    hidden_line = next(line for c in source.cells for line in source_text(c).split("### BEGIN HIDDEN TESTS")[1:])
+    marker = [ln for ln in hidden_line.splitlines() if "assert" in ln][0].strip()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.setblocking(False)
+    outside = tmp_path / "outside-pwned"
+    sysctls = _sysctls()
+    linger = 31_337 + os.getpid() % 1000
+    attacker = json.loads(json.dumps(source))
+    at = next(i for i, c in enumerate(attacker["cells"]) if c["metadata"]["nbgrader"]["grade_id"] == "namespaces-network")
+    attacker["cells"][at + 1:at + 1] = attack_cells(marker, listener.getsockname()[1], str(outside), os.getpid(), linger)
+    limits = Limits(cell_timeout=60, notebook_timeout=180)
+    try:
+        with GradingEnvironment() as env:
+            result, ran = grade_notebook(source, attacker, student="attacker", lab=LAB, runner=env.runner(0),
+                                         limits=limits)
+            honest, _ = grade_notebook(source, json.loads(json.dumps(source)), student="next", lab=LAB,
+                                       runner=env.runner(0), limits=limits)
+    finally:
+        lingering = _processes_running(f"sleep {linger}")
+        for pid in lingering:
+            os.kill(pid, 9)
+    verdicts = {}
+    for cell in ran.cells:
+        for out in cell.get("outputs", []):
+            for line in out.get("text", "").splitlines():
+                if line.startswith("ATTACK "):
+                    name, verdict = line[len("ATTACK "):].split(": ", 1)
+                    verdicts[name] = verdict
+    assert set(verdicts) == set(ATTACK_NAMES), verdicts
+    escaped = {n: v for n, v in verdicts.items() if not v.startswith("blocked (PermissionError: ")}
+    assert not escaped, f"containment failures: {escaped}"
+    # and from the host's side
+    with pytest.raises(BlockingIOError):
+        listener.accept()
+    listener.close()
+    assert not outside.exists()
+    assert not any(os.path.exists(p) for p in ("/usr/pwned", "/pwned", "/etc/pwned"))
+    assert _sysctls() == sysctls
+    assert not lingering, "a process outlived its kernel's container"
+    assert "the kernel died" in result.problem          # the submission's last cell ended its kernel
+    assert result.score == sum(FULL.values()), "the attacks neither cost nor earned points"
+    assert honest.score == sum(FULL.values()) and not honest.problem
+
+
+def test_the_kernel_runs_as_an_unprivileged_host_user_without_the_labs_folder(tmp_path):
+    lab = find_lab(LAB)
+    source = read_notebook(lab.source)
+    probe = json.loads(json.dumps(source))
+    probe["cells"].insert(1, {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [], "source":
+                              "import os\nprint('UIDMAP', open('/proc/self/uid_map').read().split())\n"
+                              "print('PID', os.getpid())\nprint('LABS', os.path.exists('/work/main/labs'), "
+                              "os.path.exists(" + repr(str(lab.source)) + "))\n"
+                              "print('NET', sorted(os.listdir('/sys/class/net')))"})
+    with GradingEnvironment() as env:
+        _, ran = grade_notebook(source, probe, student="probe", lab=LAB, runner=env.runner(1),
+                                limits=Limits(cell_timeout=30, notebook_timeout=120))
+    text = "".join(o.get("text", "") for c in ran.cells for o in c.get("outputs", []))
+    lines = {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in text.splitlines() if ln.split(" ", 1)[0] in
+             ("UIDMAP", "PID", "LABS", "NET")}
+    inside, host, size = eval(lines["UIDMAP"])
+    assert inside == "0" and int(host) >= 1_000_000, "root in the container is an unprivileged uid on the host"
+    assert lines["PID"] == "1", "the kernel is the container's init: when it dies, everything in it dies"
+    assert lines["LABS"] == "False False", "the sources (hidden tests) are not in the container"
+    assert lines["NET"] == "['lo']", "no network: only a loopback device"
+    assert subprocess.run(["grep", "-c", "grading-kernel", "/proc/mounts"], capture_output=True,
+                          text=True).stdout.strip() == "0"
