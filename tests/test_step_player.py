@@ -252,3 +252,17 @@ def test_the_widget_root_carries_the_stable_mc_player_class_and_every_player_sty
     assert selectors and all(s.startswith(".mc-player") for s in selectors), selectors
     assert not re.search(r"width:\s*\d{4,}px", PLAYER_STYLE), "no fixed width: the output area is about 1,000 px"
     assert "mc-trace" in player.view.value, "the step table takes TRACE_STYLE's rules, not a copy of them"
+
+
+def test_text_a_container_controls_is_escaped_never_markup():
+    # a hostname, a command line or a path inside the container ends up in steps and pictures
+    hostile = '<img src=x onerror="alert(1)">'
+    steps = [minicontainer.Step("sethostname", call=f"sethostname({hostile!r})", shell=f"hostname {hostile}",
+                                why=hostile, result=hostile, evidence={hostile: hostile}),
+             minicontainer.Step("execve", call=f"execve({hostile!r})", shell=hostile, error=hostile)]
+    player = StepPlayer(minicontainer.Trace(steps))
+    player.widget()
+    pages = [player.static_html()] + [player.go(i) and player.view.value for i in range(1, len(player.frames))]
+    for page in pages:
+        assert "<img" not in page and html.escape(hostile) in page
+    assert player.frames[1].picture.hostname == hostile   # kept as text, shown escaped
