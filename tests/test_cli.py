@@ -159,6 +159,8 @@ def _as_nobody():
     ["pull", "127.0.0.1:9/x"], ["push", "127.0.0.1:9/x"], ["stop", "x"], ["rm", "x"], ["logs", "x"],
     ["exec", "x", "true"], ["cp", "x:/a", "/tmp/b"], ["rename", "x", "y"], ["container", "prune"], ["stats"],
     ["registry", "serve", "--addr", "127.0.0.1:0"], ["create", "busybox"], ["run", "busybox", "true"],
+    ["kill", "x"], ["pause", "x"], ["unpause", "x"], ["wait", "x"], ["start", "x"], ["restart", "x"],
+    ["attach", "x"], ["top", "x"], ["commit", "x"],
 ])
 def test_every_verb_as_a_non_root_user_ends_in_one_line_and_a_non_zero_exit(engine_root, args):
     from minicontainer.image.store import ImageStore

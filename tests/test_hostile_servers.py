@@ -265,6 +265,12 @@ def _layer_shorter_than_its_descriptor(manifest, config, layer) -> Registry:
     return Registry(manifest, {sha(config): config, sha(layer): layer})
 
 
+def _layer_without_a_size(manifest, config, layer) -> Registry:
+    body = json.loads(manifest_for(config, [layer]))
+    del body["layers"][0]["size"]
+    return Registry(json.dumps(body).encode(), {sha(config): config}, {f"/blobs/{sha(layer)}": lambda h: endless(h)})
+
+
 def _image_larger_than_the_cap_by_its_descriptors(manifest, config, layer) -> Registry:
     manifest = manifest_for(config, [layer], layer_sizes=[1 << 50])
     return Registry(manifest, {sha(config): config}, {f"/blobs/{sha(layer)}": lambda h: endless(h)})
@@ -279,6 +285,7 @@ def _image_larger_than_the_cap_by_its_descriptors(manifest, config, layer) -> Re
     (_endless_layer, ["size mismatch", "received more", "stopped reading, nothing was stored"]),
     (_layer_longer_than_its_descriptor, ["size mismatch", "received more"]),
     (_layer_shorter_than_its_descriptor, ["size mismatch", "received", "nothing was stored"]),
+    (_layer_without_a_size, ["gives layer", "no size, which every descriptor must have"]),
     (_image_larger_than_the_cap_by_its_descriptors, ["the MINICONTAINER_MAX_IMAGE_SIZE limit: nothing was downloaded"]),
 ], ids=lambda v: v.__name__.strip("_") if callable(v) else None)
 def test_a_hostile_pull_keeps_memory_under_100_mb_and_ends_in_one_line(engine_root, tmp_path, image, make, expected):
@@ -396,13 +403,18 @@ def test_a_server_that_dies_mid_push_is_reported_as_a_reset_not_as_an_insecure_r
 def test_a_dropped_blob_download_is_tried_again_and_then_succeeds(engine_root, image, monkeypatch):
     monkeypatch.setattr(client, "RETRY_BACKOFF", 0.01)
     manifest, config, layer = image
-    drops = {"left": 2}
+    drops = ["before the answer", "halfway through the body"]
 
     def flaky(h):
-        if drops["left"]:
-            drops["left"] -= 1
-            return _reset(h)
-        reply(h, 200, layer)
+        if not drops:
+            return reply(h, 200, layer)
+        if drops.pop(0) == "halfway through the body":
+            h.send_response(200)
+            h.send_header("Content-Length", str(len(layer)))
+            h.end_headers()
+            h.wfile.write(layer[:len(layer) // 2])
+            h.wfile.flush()
+        _reset(h)
     registry = Registry(manifest, {sha(config): config}, {f"/blobs/{sha(layer)}": flaky})
     with HostileServer(registry) as server:
         pull(f"{server.host}/hostile/image:1", ImageStore(engine_root))

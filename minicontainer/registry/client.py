@@ -876,8 +876,13 @@ def _layer_descriptors(manifest: dict[str, Any], what: str) -> tuple[dict[str, A
 
 def _check_image_size(config: dict[str, Any], layers: list[dict[str, Any]], name: str) -> None:
     """Refuse, before downloading anything, an image whose layers already exceed MINICONTAINER_MAX_IMAGE_SIZE
-    compressed (a layer never unpacks to less than its compressed size, by much)."""
-    total = sum(d.get("size") or 0 for d in layers) + (config.get("size") or 0)
+    compressed (a layer never unpacks to less than its compressed size, by much), or whose layers have no
+    size to stop their download at."""
+    unsized = [d["digest"] for d in layers if d.get("size") is None]
+    if unsized:
+        raise RegistryError(f"{name}'s manifest gives layer {unsized[0]} no size, which every descriptor must have: "
+                            "the manifest is malformed; the registry is broken or hostile")
+    total = sum(d["size"] for d in layers) + (config.get("size") or 0)
     cap = max_image_bytes()
     if total > cap:
         raise RegistryError(f"{name} is {total} bytes by its manifest, more than {human(cap)}, the "
