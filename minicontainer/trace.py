@@ -173,7 +173,7 @@ class Trace:
                 f'<td class="mc-ms">{"" if s.result == PLANNED else f"{s.duration * 1000:.2f}"}</td></tr>')
         head = ("<tr><th>#</th><th>step, and why</th><th>what was done (and the shell equivalent)</th>"
                 "<th>result</th><th>ms</th></tr>")
-        return _short_ids(f'<div class="mc-trace">{TRACE_STYLE}<table><colgroup><col style="width:2.2em">'
+        return _short_ids(f'<div class="mc-trace">{TRACE_STYLE}<table><colgroup><col style="width:2.8em">'
                           f'<col style="width:30%"><col style="width:42%"><col style="width:28%">'
                           f'<col style="width:4.2em"></colgroup>{head}{"".join(rows)}</table></div>')
 
@@ -189,10 +189,13 @@ class Trace:
 
 
 # Every selector starts with .mc-trace, so nothing leaks into the rest of the page; colours
-# are the JupyterLab theme's variables, with fallbacks for plain HTML (nbconvert).
+# are the JupyterLab theme's variables, with fallbacks for plain HTML (nbconvert). The cells'
+# selector names the class twice to outrank JupyterLab's right-aligning
+# `.jp-RenderedHTMLCommon:not(.jp-RenderedMarkdown) td` (two classes and a type, like ours,
+# and ours comes later in the page).
 TRACE_STYLE = """<style>
 .mc-trace table { table-layout: fixed; width: 100%; max-width: 100%; border-collapse: collapse; font-size: 12px; }
-.mc-trace th, .mc-trace td { text-align: left; vertical-align: top; padding: 3px 6px;
+.mc-trace.mc-trace th, .mc-trace.mc-trace td { text-align: left; vertical-align: top; padding: 3px 6px;
   border-bottom: 1px solid var(--jp-border-color2, rgba(128, 128, 128, 0.3)); overflow-wrap: anywhere; }
 .mc-trace code { white-space: pre-wrap; overflow-wrap: anywhere; background: transparent; font-size: 11px; }
 .mc-trace .mc-why, .mc-trace .mc-shell { color: var(--jp-content-font-color2, rgba(128, 128, 128, 1)); font-size: 11px; }

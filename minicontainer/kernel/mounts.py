@@ -72,7 +72,7 @@ def mount_overlay(lowers: list[str], upper: str | None, work: str | None, target
     opts = overlay_options(lowers, upper, work)
     step = Step("mount_overlay", call=f'mount("overlay", "{target}", "overlay", 0, "{opts}")',
                 shell=f"mount -t overlay overlay -o {opts} {target}",
-                why="image layers (镜像分层) stay read-only and shared; every write lands in this container's upper dir")
+                why="image layers (镜像层) stay read-only and shared; every write lands in this container's upper dir")
     step.do(sc.mount, "overlay", target, "overlay", 0, opts, evidence=lambda: {"mountinfo": _mount_line(target)})
     return step
 
