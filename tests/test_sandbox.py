@@ -86,6 +86,16 @@ def test_steps_after_exec_are_refused():
             sb.run("true")
 
 
+def test_join_cgroup_after_pivot_root_says_to_join_before():
+    with Sandbox("busybox") as sb:
+        sb.unshare("pid", "mnt")
+        sb.mount_overlay()
+        sb.mount_proc()
+        sb.pivot_root()
+        with pytest.raises(SandboxError, match="join the cgroup before pivot_root"):
+            sb.join_cgroup(memory="32m")
+
+
 SHARED_ROOT_SANDBOX = """
 import minicontainer
 with open("/proc/self/mountinfo") as f:

@@ -103,6 +103,11 @@ class Sandbox:
     def join_cgroup(self, *, memory: str | int | None = None, cpus: str | float | None = None,
                     pids_limit: int | None = None) -> Step:
         """Create the container's cgroup with limits (from the host), then move the sandbox into it."""
+        if any(step.name == "pivot_root" and not step.error for step in self.trace.steps):
+            # the sandbox writes its own pid into cgroup.procs, and after pivot_root the
+            # host's /sys/fs/cgroup is no longer in its view (the engine opens the file before)
+            raise SandboxError("join_cgroup after pivot_root: the sandbox can no longer see the host's "
+                               "/sys/fs/cgroup; join the cgroup before pivot_root, as the engine does")
         limits = Limits(memory=parse_memory(memory) if memory is not None else None,
                         cpus=parse_cpus(cpus) if cpus is not None else None, pids=pids_limit)
         if self.cgroup is None:
