@@ -3,7 +3,8 @@
 The four workflows of the spec, and the endpoints that carry them:
 
 * pull: ``GET/HEAD /v2/<name>/manifests/<ref>``, ``GET/HEAD /v2/<name>/blobs/<digest>``
-* push: ``POST /v2/<name>/blobs/uploads/`` (optionally ``?digest=`` or ``?mount=&from=``),
+* push: ``POST /v2/<name>/blobs/uploads/`` (optionally ``?digest=``, ``?mount=&from=``, or
+  ``?mount=`` alone: automatic cross-mount from any repository the caller may pull from),
   ``PATCH``/``PUT``/``GET``/``DELETE`` on the upload URL, ``PUT /v2/<name>/manifests/<ref>``
 * content discovery: ``GET /v2/<name>/tags/list?n=&last=``, ``GET /v2/<name>/referrers/<digest>``
 * content management: ``DELETE`` on manifests, tags and blobs
@@ -11,6 +12,7 @@ The four workflows of the spec, and the endpoints that carry them:
 Every response carries ``Docker-Distribution-API-Version: registry/2.0`` and every error
 the spec's body ``{"errors": [{"code", "message", "detail"}]}``. Each request is one line
 in :attr:`RegistryServer.log`, so a notebook can show every request a push makes.
+Upload sessions a client abandoned are swept while serving (``upload_max_age``).
 """
 from __future__ import annotations
 
