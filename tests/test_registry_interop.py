@@ -7,10 +7,12 @@ import hashlib
 import io
 import json
 import shutil
+import socket
 import subprocess
 import tarfile
 from pathlib import Path
 
+import httpx
 import pytest
 
 from minicontainer.registry import auth
@@ -167,3 +169,71 @@ def test_skopeo_goes_through_the_token_server(engine_root):
         assert token_requests and all(e.status == 200 for e in token_requests)
         assert "bearer:student" in {e.auth for e in server.log}
     assert blob_files(pulled) == blob_files(source)
+
+
+# ---- side by side with distribution (issue 11) ------------------------------------------------
+MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+
+
+def _negative_content_length(url: str, location: str) -> int:
+    """Status of a PATCH whose Content-Length is -1 (read with a generous timeout: an old
+    server that waited for the body would hang here)."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        sock.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".encode())
+        return int(sock.recv(4096).split(b" ", 2)[1])
+
+
+def hostile_probes(url: str) -> dict[str, int]:
+    """The statuses a registry gives the requests issue 11 found answered wrongly."""
+    with httpx.Client(base_url=url) as c:
+        seen = {f"{method} manifest .INVALID_MANIFEST_NAME":
+                c.request(method, "/v2/probe/app/manifests/.INVALID_MANIFEST_NAME").status_code
+                for method in ("GET", "HEAD")}
+        for label, content_type, body in [
+                ("config 5", MANIFEST, {"schemaVersion": 2, "mediaType": MANIFEST, "config": 5}),
+                ("mediaType 5", "", {"schemaVersion": 2, "mediaType": 5}),
+                ("subject 'str' without config", MANIFEST, {"schemaVersion": 2, "mediaType": MANIFEST,
+                                                            "subject": "str"}),
+                ("text/plain", "text/plain", {"schemaVersion": 2})]:
+            seen[f"PUT manifest with {label}"] = c.put(
+                "/v2/probe/app/manifests/v1", content=json.dumps(body).encode(),
+                headers={"Content-Type": content_type}).status_code
+        location = c.post("/v2/probe/app/blobs/uploads/").headers["Location"]
+        seen["PATCH with Content-Length -1"] = _negative_content_length(url, location)
+        seen["manifest v1 afterwards"] = c.get("/v2/probe/app/manifests/v1").status_code
+    return seen
+
+
+@pytest.mark.skipif(not Path("/usr/bin/docker-registry").exists(), reason="docker-registry is not installed")
+def test_hostile_requests_get_the_answers_distribution_gives(engine_root):
+    from test_registry_client_interop import docker_registry
+    expected = {"GET manifest .INVALID_MANIFEST_NAME": 404, "HEAD manifest .INVALID_MANIFEST_NAME": 404,
+                "PUT manifest with config 5": 400, "PUT manifest with mediaType 5": 400,
+                "PUT manifest with subject 'str' without config": 400, "PUT manifest with text/plain": 400,
+                "PATCH with Content-Length -1": 400, "manifest v1 afterwards": 404}
+    with docker_registry(engine_root / "docker-registry") as (host, _log):
+        assert hostile_probes(f"http://{host}") == expected, "the expectations are what distribution does"
+    with RegistryServer(engine_root / "registry", "127.0.0.1:0") as server:
+        assert hostile_probes(server.url) == expected
+    assert sorted((engine_root / "registry" / "blobs").rglob("*")) == [], "a refused manifest stores nothing"
+
+
+@pytest.mark.skipif(not Path("/usr/bin/docker-registry").exists(), reason="docker-registry is not installed")
+def test_automatic_cross_mount_is_201_here_where_distribution_2_8_opens_an_upload(engine_root):
+    """The spec lets a registry mount a blob asked for by digest alone; distribution 2.8 doesn't
+    (202, an upload), we do (201), and both answers are allowed clients must handle."""
+    from test_registry_client_interop import docker_registry
+    data = b"a layer both registries hold"
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+
+    def mount_without_from(url: str) -> int:
+        with httpx.Client(base_url=url) as c:
+            location = c.post("/v2/probe/base/blobs/uploads/").headers["Location"]
+            separator = "&" if "?" in location else "?"  # distribution's Location carries its _state
+            c.put(f"{location}{separator}digest={digest}", content=data).raise_for_status()
+            return c.post("/v2/probe/app/blobs/uploads/", params={"mount": digest}).status_code
+    with docker_registry(engine_root / "docker-registry") as (host, _log):
+        assert mount_without_from(f"http://{host}") == 202
+    with RegistryServer(engine_root / "registry", "127.0.0.1:0") as server:
+        assert mount_without_from(server.url) == 201
