@@ -116,8 +116,11 @@ def grade_one(source_path: str, lab_name: str, sub: Submission, limits: Limits) 
 
 
 def autograde(lab: Lab, folder: Path, out: Path, *, jobs: int = 1, limits: Limits | None = None,
-              sandbox_limits: SandboxLimits | None = None, exams_dir: Path | None = None) -> list[SubmissionResult]:
-    """Grade every submission in ``folder``; write the gradebook, feedback and summary into ``out``."""
+              sandbox_limits: SandboxLimits | None = None, exams_dir: Path | None = None,
+              preflight: bool = True) -> list[SubmissionResult]:
+    """Grade every submission in ``folder``; write the gradebook, feedback and summary into ``out``.
+    First (``preflight``) the lab's reference solution is graded in the same container: if it
+    can't score full marks there, no submission could, and nothing is graded."""
     limits = limits or Limits()
     sandbox_limits = sandbox_limits or SandboxLimits()
     source = read_notebook(lab.source)
@@ -132,11 +135,30 @@ def autograde(lab: Lab, folder: Path, out: Path, *, jobs: int = 1, limits: Limit
         for slot in range(jobs):
             slots.put(slot)
         with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(slots, env)) as pool:
+            if preflight:
+                check = pool.submit(grade_one, str(lab.source), lab.name, Submission("reference", lab.source), limits)
+                refuse_ungradeable(lab, check.result())
             futures = [pool.submit(grade_one, str(lab.source), lab.name, s, limits) for s in subs]
             results = [f.result() for f in futures]
     exams = read_exams(exams_dir) if exams_dir else {}
     write_outputs(out, lab.name, part_ids, results, exams, {s.student: s.timestamp for s in subs})
     return results
+
+
+class Ungradeable(ValueError):
+    """The lab's reference solution can't score full marks in the grader's container."""
+
+
+def refuse_ungradeable(lab: Lab, reference: SubmissionResult) -> None:
+    if reference.score == reference.max_score and not reference.problem and not reference.setup_error:
+        return
+    failing = next((p for p in reference.parts if p.points < p.max_points), None)
+    why = reference.setup_error or (f"{failing.id}: {failing.message}" if failing else reference.problem)
+    what = ("fails its setup" if reference.setup_error else
+            f"scores {reference.score:g}/{reference.max_score:g}")
+    raise Ungradeable(f"lab {lab.name} can't be graded in the container: its reference solution {what} "
+                      f"there ({why[:160]}); see labs/README.md, "
+                      "\"Which labs autograde can grade\"")
 
 
 def write_outputs(out: Path, lab: str, part_ids: list[str], results: list[SubmissionResult], exams: dict,

@@ -25,6 +25,8 @@ def parser() -> argparse.ArgumentParser:
     rel.add_argument("--check", action="store_true", help="write nothing; fail if a committed copy is out of date")
     val = sub.add_parser("validate", help="the solution must score full marks, the untouched starter zero")
     val.add_argument("labs", nargs="*", metavar="LAB", help="e.g. 01-namespaces (default: every lab)")
+    val.add_argument("--sandbox", action="store_true",
+                     help="run both in autograde's container, as submissions are (proves the lab gradeable there)")
     auto = sub.add_parser("autograde", help="grade a folder of submissions, each in its own container")
     auto.add_argument("lab", metavar="LAB")
     auto.add_argument("submissions", metavar="SUBMISSIONS_DIR",
@@ -64,11 +66,19 @@ def cmd_release(a: argparse.Namespace) -> int:
 def cmd_validate(a: argparse.Namespace) -> int:
     from grading.validate import print_table, validate
 
+    from contextlib import ExitStack
+
     failed = 0
-    for lab in _labs(a.labs):
-        v = validate(lab)
-        print_table(v)
-        failed += not v.ok
+    with ExitStack() as stack:
+        runner = {}
+        if a.sandbox:
+            from grading.container import GradingEnvironment
+
+            runner = {"runner": stack.enter_context(GradingEnvironment()).runner(0)}
+        for lab in _labs(a.labs):
+            v = validate(lab, **runner)
+            print_table(v)
+            failed += not v.ok
     return 1 if failed else 0
 
 

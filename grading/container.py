@@ -36,6 +36,9 @@ UID_RANGE = 65_536
 KERNEL_DIR_SIZE = "4m"
 MOUNT_POINTS = ("proc", "dev", "sys", "tmp", "usr", "etc", "run/kernel", "work/submission")
 ETC_COPIED = ("ld.so.cache", "nsswitch.conf", "localtime")
+LOOPBACK_UP_HOOK = ("import json, subprocess, sys; pid = json.load(sys.stdin)['pid']; "
+                    "subprocess.run(['nsenter', '--target', str(pid), '--net', 'ip', 'link', 'set', 'lo', 'up'], "
+                    "check=True)")
 MERGED_USR_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 
@@ -136,6 +139,9 @@ def kernel_config(base: dict, rootfs: Path, kernel_dir: Path, slot: int, limits:
     resources["memory"] = {"limit": limits.memory, "swap": limits.memory}
     resources["pids"] = {"limit": limits.pids}
     resources["cpu"] = {"quota": int(limits.cpus * 100_000), "period": 100_000}
+    # the container's network is its own loopback and nothing else (a lab may serve on
+    # 127.0.0.1): the runtime calls this from the host before the kernel starts
+    config["hooks"] = {"createRuntime": [{"path": sys.executable, "args": [sys.executable, "-c", LOOPBACK_UP_HOOK]}]}
     return config
 
 

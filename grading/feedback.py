@@ -16,6 +16,8 @@ def feedback_html(result: SubmissionResult) -> str:
         rows.append(f"<tr><td><code>{escape(p.id)}</code></td><td>{p.points:g} / {p.max_points:g}</td>"
                     f"<td>{escape(STATUS_TEXT.get(p.status, p.status))}</td><td>{escape(p.message)}</td></tr>")
     problem = f"<p><b>What happened 发生了什么:</b> {escape(result.problem)}</p>" if result.problem else ""
+    if result.setup_error:
+        problem += f"<p><b>The lab's setup failed 实验环境设置失败:</b> {escape(result.setup_error)}</p>"
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(result.lab)}: {escape(result.student)}</title>
 <style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}} td,th{{border:1px solid #ccc;padding:.3em .6em;

@@ -10,7 +10,7 @@ from typing import Callable
 import nbformat
 
 from grading.assemble import assemble
-from grading.cells import graded_parts, notebook_json
+from grading.cells import grade_id, graded_parts, is_test, nbgrader, notebook_json
 from grading.execute import NotebookRun, run_notebook
 from grading.score import PartResult, SubmissionResult, score_parts
 
@@ -58,5 +58,16 @@ def grade_notebook(source_nb: dict, submission: dict | None, *, student: str, la
     with tempfile.TemporaryDirectory(prefix="grading-") as tmp:
         run = runner(nb, Path(workdir or tmp), limits)
     result = SubmissionResult(student, lab, score_parts(parts, run, assembly.notes), run.problem,
-                              round(run.seconds, 2))
+                              round(run.seconds, 2), setup_error(nb, run))
     return result, nb
+
+
+def setup_error(nb: nbformat.NotebookNode, run: NotebookRun) -> str:
+    """The first locked, ungraded cell that failed, as "grade_id: Error: message" ("" if none did)."""
+    cells = {grade_id(c): c for c in nb.cells if grade_id(c)}
+    for outcome in run.cells:
+        cell = cells.get(outcome.grade_id)
+        if cell is not None and outcome.status not in ("ok", "not run") and nbgrader(cell).get("locked") \
+                and not is_test(cell):
+            return f"{outcome.grade_id}: {outcome.ename}: {outcome.evalue}"[:300]
+    return ""

@@ -26,6 +26,7 @@ class SubmissionResult:
     parts: list[PartResult] = field(default_factory=list)
     problem: str = ""          # a clear sentence when the submission was broken, "" otherwise
     seconds: float = 0.0
+    setup_error: str = ""      # the first error in a locked cell that is not a test (the lab's own setup)
 
     @property
     def score(self) -> float:

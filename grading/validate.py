@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from grading.cells import format_problems, read_notebook
-from grading.grade import Limits, grade_notebook, host_runner
+from grading.grade import Limits, Runner, grade_notebook, host_runner
 from grading.labs import Lab
 from grading.release import released_text
 from grading.score import SubmissionResult
@@ -25,8 +25,9 @@ class Validation:
         return not self.problems
 
 
-def validate(lab: Lab, limits: Limits | None = None) -> Validation:
-    """Check the format, that the student copy is current, and the two runs."""
+def validate(lab: Lab, limits: Limits | None = None, runner: Runner = host_runner) -> Validation:
+    """Check the format, that the student copy is current, and the two runs (on the host's
+    kernel by default; ``runner`` may run them in the grader's container instead)."""
     limits = limits or Limits()
     source = read_notebook(lab.source)
     problems = format_problems(source, source=True)
@@ -36,9 +37,9 @@ def validate(lab: Lab, limits: Limits | None = None) -> Validation:
         problems.append(f"{lab.student} is missing: run python -m grading release {lab.name}")
     elif lab.student.read_text() != released_text(lab):
         problems.append(f"{lab.student.name} is out of date with its source: run python -m grading release {lab.name}")
-    solution, _ = grade_notebook(source, source, student="solution", lab=lab.name, runner=host_runner, limits=limits)
+    solution, _ = grade_notebook(source, source, student="solution", lab=lab.name, runner=runner, limits=limits)
     starter_nb = read_notebook(lab.student) if lab.student.is_file() else None
-    starter, _ = grade_notebook(source, starter_nb, student="starter", lab=lab.name, runner=host_runner,
+    starter, _ = grade_notebook(source, starter_nb, student="starter", lab=lab.name, runner=runner,
                                 limits=limits, problem="no student copy")
     for s, p in zip(solution.parts, starter.parts):
         if s.points != s.max_points:

@@ -146,3 +146,22 @@ def test_the_kernel_runs_as_an_unprivileged_host_user_without_the_labs_folder(tm
     assert lines["NET"] == "['lo']", "no network: only a loopback device"
     assert subprocess.run(["grep", "-c", "grading-kernel", "/proc/mounts"], capture_output=True,
                           text=True).stdout.strip() == "0"
+
+
+def test_a_lab_whose_reference_solution_fails_in_the_container_is_refused_before_any_submission(tmp_path):
+    from grading.autograde import Ungradeable
+    from grading.cells import notebook_json
+    from grading.labs import Lab
+    from test_grader import toy_source
+
+    source = toy_source()
+    source["cells"][1]["source"] = "FACTOR = 2\nopen('/etc/os-release').read()   # a host file the container lacks"
+    folder = tmp_path / "labs" / "99-toy"
+    (folder / "source").mkdir(parents=True)
+    (folder / "source" / "99-toy.ipynb").write_text(notebook_json(source))
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "alice.ipynb").write_text(notebook_json(source))
+    with pytest.raises(Ungradeable, match=r"can't be graded in the container: its reference solution fails its setup "
+                                          r"there \(toy-setup: FileNotFoundError"):
+        autograde(Lab("99-toy", folder), tmp_path / "in", tmp_path / "out")
+    assert not (tmp_path / "out" / "grades.csv").exists()
