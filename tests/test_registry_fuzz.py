@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import threading
 from collections import Counter
 from pathlib import Path
@@ -23,6 +22,7 @@ from hypothesis import strategies as st
 
 from minicontainer.registry.server import RegistryServer
 from minicontainer.registry.storage import HEX_LENGTH, RegistryStorage
+from test_registry_server import raw_request
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -280,21 +280,6 @@ def test_fuzzed_upload_sequences_never_give_500_or_leave_a_stray_file(fuzzed, da
     fuzzed.check_store()
 
 
-def raw_exchange(url: str, request: bytes) -> bytes:
-    """Send bytes, say we are done sending, and read the answer until the server closes."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=60) as sock:
-        sock.sendall(request)
-        sock.shutdown(socket.SHUT_WR)
-        answer = b""
-        try:
-            while chunk := sock.recv(65536):
-                answer += chunk
-        except ConnectionResetError:
-            pass
-    return answer
-
-
 header_values = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=24)
 
 
@@ -311,7 +296,8 @@ def test_fuzzed_raw_requests_with_odd_framing_never_give_500(fuzzed, data):
     headers["Content-Range"] = data.draw(st.one_of(st.none(), header_values))
     lines = [f"{method} {target} HTTP/1.1"] + [f"{k}: {v}" for k, v in headers.items() if v is not None]
     body = data.draw(st.sampled_from([b"", b"abc", b"3\r\nabc\r\n0\r\n\r\n", b"zz\r\n", b"5\r\nab"]))
-    answer = raw_exchange(fuzzed.server.url, ("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    answer = raw_request(fuzzed.server.url, ("\r\n".join(lines) + "\r\n\r\n").encode() + body,
+                         done_sending=True)
     for line in answer.split(b"\r\n"):
         if line.startswith(b"HTTP/1."):
             assert line.split()[1] != b"500", answer[:400]

@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import shutil
-import socket
 import subprocess
 import tarfile
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from minicontainer.registry import auth
 from minicontainer.registry.server import RegistryServer
 from minicontainer.registry.storage import RegistryStorage
+from test_registry_server import raw_request
 
 pytestmark = [pytest.mark.peer,
               pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo is not installed")]
@@ -176,12 +176,9 @@ MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 
 
 def _negative_content_length(url: str, location: str) -> int:
-    """Status of a PATCH whose Content-Length is -1 (read with a generous timeout: an old
-    server that waited for the body would hang here)."""
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=60) as sock:
-        sock.sendall(f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".encode())
-        return int(sock.recv(4096).split(b" ", 2)[1])
+    """Status of a PATCH whose Content-Length is -1."""
+    answer = raw_request(url, f"PATCH {location} HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n".encode())
+    return int(answer.split(b" ", 2)[1])
 
 
 def hostile_probes(url: str) -> dict[str, int]:
