@@ -421,3 +421,58 @@ def test_a_503_manifest_is_tried_again_a_bounded_number_of_times(engine_root, im
                                                 r".*\(tried 3 times\)$"):
             pull(f"{server.host}/hostile/image:1", ImageStore(engine_root))
     assert [m for m, p in registry.requests if "/manifests/" in p] == ["GET"] * 3
+
+
+def test_the_real_registry_killed_mid_push_is_reported_as_a_reset(engine_root, tmp_path):
+    from minicontainer.registry.client import push
+    from minicontainer.registry.progress import Progress
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        host = f"127.0.0.1:{s.getsockname()[1]}"
+    server = subprocess.Popen(CLI + ["registry", "serve", "-q", "--addr", host, "--root", str(tmp_path / "registry")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", int(host.split(":")[1])), timeout=1):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "registry serve did not start"
+                time.sleep(0.05)
+        store = ImageStore(engine_root)
+        layer = os.urandom(1 << 20) * 8
+        config = json.dumps({"os": "linux", "architecture": "amd64",
+                             "rootfs": {"type": "layers", "diff_ids": [sha(layer)]}}).encode()
+        manifest = manifest_for(config, [layer])
+        for blob in (layer, config, manifest):
+            store.write_blob(blob)
+        ref = f"{host}/student/big:1"
+        store.tag(ref, {"mediaType": OCI_MANIFEST, "digest": sha(manifest), "size": len(manifest)})
+
+        config_pushed = threading.Event()
+
+        class KillTheServerMidway(Progress):
+            """kill -9 the registry once the config is in and the layer's first MiB has gone out."""
+
+            def status(self, digest, text):
+                if digest == sha(config) and text == "Pushed":
+                    config_pushed.set()
+                super().status(digest, text)
+
+            def advance(self, digest, text, done, total):
+                super().advance(digest, text, done, total)
+                if digest == sha(layer) and done < total and server.poll() is None:
+                    config_pushed.wait(30)   # the layer's sender waits here: the config's upload finishes first
+                    server.kill()
+                    server.wait()
+        with pytest.raises(RegistryError) as err:
+            push(ref, store, progress=KillTheServerMidway())
+    finally:
+        server.kill()
+        server.wait()
+    assert server.returncode == -9, "the registry must have died during the push, not before or after"
+    message = str(err.value)
+    assert message.startswith(f"connection reset by {host} during blob upload: the registry dropped the connection")
+    assert "insecure-registries" not in message and "HTTPS" not in message
