@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,12 +67,18 @@ def browser(report):
             pytest.fail(f"{reason} (CI must run the browser tests)")
         pytest.skip(reason)
     from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM))
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    # chromium writes crash-report settings and dconf under $HOME even with a throwaway profile
+    home = tempfile.mkdtemp(prefix="mc-browser-home-")
+    env = dict(os.environ, HOME=home, XDG_CONFIG_HOME=f"{home}/.config", XDG_CACHE_HOME=f"{home}/.cache")
+    try:
+        with sync_playwright() as playwright:
+            chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), env=env)
+            try:
+                yield chromium
+            finally:
+                chromium.close()
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
