@@ -86,6 +86,12 @@ def test_steps_after_exec_are_refused():
             sb.run("true")
 
 
+def test_a_command_that_reads_stdin_gets_end_of_file_not_the_helpers_request_pipe():
+    with Sandbox("busybox") as sb:
+        assert sb.run("cat").stdout == ""
+        assert sb.run("echo still answering").stdout == "still answering\n"
+
+
 def test_join_cgroup_after_pivot_root_says_to_join_before():
     with Sandbox("busybox") as sb:
         sb.unshare("pid", "mnt")

@@ -48,6 +48,11 @@ def _unshare(kinds: list[str]) -> dict:
 _HELD = security.held_capabilities()
 
 
+# A command's stdin: never the helper's own (the notebook's request pipe), or `cat` would
+# wait on it forever. Opened at start, while the host's /dev is still in view.
+_NO_INPUT = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+
+
 def _run(args: list[str], env: list[str], cwd: str, spec: ContainerSpec) -> dict:
     """Fork and exec a command inside the sandbox, capturing its output."""
     step = Step("run_command", call=f"fork(); drop capabilities, no_new_privs, seccomp; execve({args[0]!r}, {args!r}) "
@@ -78,7 +83,7 @@ def _run(args: list[str], env: list[str], cwd: str, spec: ContainerSpec) -> dict
             signal.signal(sig, signal.SIG_DFL)
         exec_sealed(path, args, env_map)
 
-    done = step.do(lambda: subprocess.run(args, capture_output=True, cwd=cwd, text=True,
+    done = step.do(lambda: subprocess.run(args, stdin=_NO_INPUT, capture_output=True, cwd=cwd, text=True,
                                           preexec_fn=restrict_and_exec, env=env_map))
     step.result = f"exit {done.returncode}"
     return {"exit_code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
