@@ -83,9 +83,14 @@ if [ $jupyter = 1 ]; then
     # re-synced by `vagrant up`/`reload`, so work kept there would be lost.
     workspace=${MINICONTAINER_WORKSPACE:-/home/vagrant/work}
     mkdir -p "$workspace"
-    for dir in notebooks labs; do
-        if [ -d "$dir" ]; then mkdir -p "$workspace/$dir" && cp -rn "$dir/." "$workspace/$dir/"; fi
+    mkdir -p "$workspace/notebooks" && cp -rn notebooks/. "$workspace/notebooks/"
+    # Labs: the student copies only (README and the released notebook). The instructor's
+    # source/ notebooks hold the solutions and hidden tests, and stay out of the workspace.
+    for lab in labs/*/; do
+        mkdir -p "$workspace/$lab"
+        find "$lab" -maxdepth 1 -type f \( -name '*.ipynb' -o -name '*.md' \) -exec cp -n {} "$workspace/$lab" \;
     done
+    if [ -f labs/README.md ]; then cp -n labs/README.md "$workspace/labs/"; fi
     if id vagrant >/dev/null 2>&1; then chown -R vagrant: "$workspace"; fi
     cat > /etc/systemd/system/minicontainer-jupyter.service <<UNIT
 [Unit]
