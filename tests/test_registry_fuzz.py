@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 import threading
 from collections import Counter
 from pathlib import Path
@@ -19,6 +22,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from minicontainer.registry.server import RegistryServer
 from minicontainer.registry.storage import HEX_LENGTH, RegistryStorage
@@ -29,6 +33,13 @@ OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 DOCKER_MANIFEST = "application/vnd.docker.distribution.manifest.v2+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
 OCI_LAYER = "application/vnd.oci.image.layer.v1.tar+gzip"
+
+pytestmark = pytest.mark.slow
+
+# hypothesis caches what it learns in ./.hypothesis, some of it while pytest collects (so before
+# any fixture runs): point it at a temp path from the start, and remove that after the tests
+HYPOTHESIS_HOME = Path(tempfile.gettempdir()) / f"mc-hypothesis-{os.getpid()}"
+set_hypothesis_home_dir(HYPOTHESIS_HOME)
 
 FUZZ = settings(max_examples=250, derandomize=True, database=None, deadline=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
@@ -112,6 +123,13 @@ class Fuzzed:
 
     def close(self) -> None:
         self.client.close()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hypothesis_home():
+    """Remove hypothesis's cache (see HYPOTHESIS_HOME) once this file's tests are done."""
+    yield
+    shutil.rmtree(HYPOTHESIS_HOME, ignore_errors=True)
 
 
 @pytest.fixture

@@ -671,7 +671,8 @@ class RegistryServer:
             raise RegistryError(f"refusing to listen on {host or '*'}:{port}, which other machines can reach: "
                                 "use 127.0.0.1 or pass allow_remote=True (--allow-remote)")
         if upload_max_age <= 0 or sweep_interval <= 0:
-            raise RegistryError("upload_max_age and sweep_interval must be positive numbers of seconds")
+            raise RegistryError(f"upload max age {upload_max_age} and sweep interval {sweep_interval} must be "
+                                "positive numbers of seconds: give --upload-max-age e.g. 3600")
         # everything that can refuse comes first: a server that fails to start creates no storage
         hashed = auth.load_htpasswd(htpasswd) if htpasswd is not None else {}
         self.root = Path(root)
