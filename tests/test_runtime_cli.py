@@ -529,6 +529,15 @@ def test_a_user_namespace_maps_the_containers_root_to_an_unprivileged_host_user(
 
 
 @needs_runc
+def test_a_new_network_namespace_has_its_loopback_up_as_in_runc(work, ours, runc):
+    # IFF_UP|IFF_LOOPBACK is 0x9; a fresh namespace's lo starts as 0x8 (down)
+    bundle = _bundle(work / "b", work / "rootfs", ["cat", "/sys/class/net/lo/flags"])
+    seen = _run_both(ours, runc, bundle)
+    assert seen["ours"] == seen["runc"]
+    assert seen["ours"][1] == "0x9\n", "lo must be up, or a server on 127.0.0.1 inside can't be reached"
+
+
+@needs_runc
 def test_a_seccomp_filter_in_config_json_is_loaded(work, ours, runc):
     bundle = _bundle(work / "b", work / "rootfs", ["sh", "-c", "grep Seccomp: /proc/self/status; mkdir /dev/shm/d; "
                                                                "echo mkdir=$?; touch /dev/shm/f; echo touch=$?"])

@@ -426,6 +426,9 @@ def enter_root(config: BundleConfig) -> None:
     apply_rootfs_propagation(config)
     if config.sysctl:
         write_sysctls(config.sysctl)
+    if "net" in config.namespaces and not config.namespaces["net"]:
+        # a new network namespace starts with lo down; runc brings it up too (its "loopback" network)
+        namespaces.bring_up_loopback()
     if "uts" in config.namespaces:   # a new one, or one joined by path: it is the container's
         if config.hostname:
             namespaces.set_hostname(config.hostname)
