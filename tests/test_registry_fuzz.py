@@ -324,6 +324,40 @@ def test_fuzzed_raw_requests_with_odd_framing_never_give_500(fuzzed, data):
     fuzzed.check_store()
 
 
+@pytest.fixture
+def token_server(engine_root: Path):
+    """A registry in token mode: /token reads Basic credentials and scopes, /v2/ reads Bearer tokens."""
+    def count(entry) -> None:
+        with _count_lock:
+            STATUSES[entry.status] += 1
+    with RegistryServer(engine_root / "registry", "127.0.0.1:0", token_realm=True, users={"student": "pw"},
+                        on_request=count) as server, httpx.Client(base_url=server.url) as client:
+        yield server, client
+
+
+credentials = st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=40)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_credentials_scopes_and_tokens_never_give_500(token_server, data):
+    server, client = token_server
+    scheme = data.draw(st.sampled_from(["Basic ", "Bearer ", "basic ", "", "Digest "]))
+    header = scheme + data.draw(st.one_of(credentials, st.builds(
+        lambda a, b, c: f"{a}.{b}.{c}", credentials, credentials, credentials)))
+    scope = data.draw(st.one_of(st.just("repository:student/app:pull,push"), st.just("registry:catalog:*"),
+                                credentials))
+    header = header.strip(" \t")  # httpx won't send a header value with whitespace at either end
+    headers = {"Authorization": header.encode("latin-1")} if header else {}
+    for r in (client.get("/token", params={"service": "minicontainer-registry", "scope": scope}, headers=headers),
+              client.post("/token", data={"grant_type": data.draw(st.sampled_from(["password", "x"])),
+                                          "username": data.draw(credentials), "password": "pw", "scope": scope}),
+              client.get("/v2/student/app/tags/list", headers=headers),
+              client.get("/v2/_catalog", headers=headers)):
+        assert r.status_code != 500, f"{r.request.method} {r.request.url} -> 500: {r.text}"
+        assert r.status_code in (200, 400, 401, 403, 404)
+
+
 def test_the_fuzz_pass_made_requests_and_got_no_500(capsys):
     """Runs last in this file: the totals of every request above, for the issue's notes."""
     total = sum(STATUSES.values())

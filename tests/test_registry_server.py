@@ -986,3 +986,13 @@ def test_serve_that_cannot_listen_creates_no_root(engine_root, addr):
     assert done.returncode != 0
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
     assert not root.exists()
+
+
+@pytest.mark.parametrize("header", ["Basic w6k=:x", "Basic \u00e9\u00e9\u00e9\u00e9", "Bearer a.b.\u00e9",
+                                    "Bearer \u00ff.\u00ff.\u00ff", "Basic " + "A" * 7])
+def test_authorization_headers_that_are_not_ascii_get_401_not_an_error(engine_root, header):
+    for options in ({"users": {"student": "pw"}}, {"token_realm": True, "users": {"student": "pw"}}):
+        with RegistryServer(engine_root / "registry", "127.0.0.1:0", **options) as server, \
+                httpx.Client(base_url=server.url) as c:
+            r = c.get("/v2/student/app/tags/list", headers={"Authorization": header.encode("latin-1")})
+            assert (r.status_code, error_codes(r)) == (401, ["UNAUTHORIZED"])

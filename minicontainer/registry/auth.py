@@ -142,7 +142,7 @@ def parse_basic(header: str | None) -> tuple[str, str] | None:
         return None
     try:
         user, sep, password = base64.b64decode(header[6:].strip()).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError):  # ValueError: not base64, or not even ASCII
         return None
     return (user, password) if sep else None
 
@@ -256,7 +256,8 @@ class TokenIssuer:
         if len(parts) != 3:
             raise AuthError("bearer token is not header.claims.signature: ask the token server for a new one")
         signing_input = f"{parts[0]}.{parts[1]}".encode()
-        if not hmac.compare_digest(self._sign(signing_input), parts[2]):
+        # as bytes: compare_digest refuses str with non-ASCII characters, which a header may carry
+        if not hmac.compare_digest(self._sign(signing_input).encode(), parts[2].encode(errors="surrogateescape")):
             raise AuthError("bearer token signature is invalid: ask this registry's token server for a new one")
         try:
             header = json.loads(_unb64url(parts[0]))
