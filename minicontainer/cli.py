@@ -397,6 +397,18 @@ def cmd_logs(a: argparse.Namespace) -> int:
         time.sleep(0.1)
 
 
+LIMITS_EPILOG = """limits on untrusted images (environment variables; sizes like 4m, 20g):
+  MINICONTAINER_MAX_MANIFEST_SIZE  largest manifest or index read (default 4m)
+  MINICONTAINER_MAX_CONFIG_SIZE    largest image config read (default 4m)
+  MINICONTAINER_MAX_IMAGE_SIZE     most one image's layers may unpack to (default 20g)
+"""
+REGISTRY_EPILOG = """time limits on a registry (environment variables):
+  MINICONTAINER_REGISTRY_TIMEOUT        seconds one request may take, body included (default 3600)
+  MINICONTAINER_REGISTRY_STALL_TIMEOUT  seconds in which a transfer must move 1 KiB (default 30)
+  MINICONTAINER_REGISTRY_ATTEMPTS       tries of a GET or HEAD whose connection fails (default 5)
+"""
+
+
 def _add_other_verbs(sub) -> None:
     _add_create(sub)
     _add_container_verbs(sub)
@@ -424,15 +436,18 @@ def _add_other_verbs(sub) -> None:
     sv.add_argument("--format", choices=["oci", "docker"], default="oci")
     sv.add_argument("images", nargs="+")
     sv.set_defaults(func=cmd_save)
-    ld = sub.add_parser("load", help="load images from a tar archive (OCI layout or docker save format)")
+    ld = sub.add_parser("load", help="load images from a tar archive (OCI layout or docker save format)",
+                        epilog=LIMITS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ld.add_argument("-i", "--input", default="-", help="file to read (default: stdin)")
     ld.set_defaults(func=cmd_load)
-    pl = sub.add_parser("pull", help="download an image from a registry")
+    pl = sub.add_parser("pull", help="download an image from a registry",
+                        epilog=LIMITS_EPILOG + "\n" + REGISTRY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     pl.add_argument("--platform", default=None, help="os/arch[/variant], default: this host's")
     pl.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     pl.add_argument("image")
     pl.set_defaults(func=cmd_pull)
-    ps = sub.add_parser("push", help="upload an image to the registry its name points at")
+    ps = sub.add_parser("push", help="upload an image to the registry its name points at",
+                        epilog=REGISTRY_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     ps.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     ps.add_argument("image")
     ps.set_defaults(func=cmd_push)

@@ -322,3 +322,16 @@ def test_an_unexpected_error_is_still_one_line_that_says_how_to_see_the_tracebac
     monkeypatch.setenv("MINICONTAINER_DEBUG", "1")
     with pytest.raises(RuntimeError):
         cli.main(["version"])
+
+
+def test_pull_help_lists_each_limit_setting_with_the_default_the_code_uses():
+    from minicontainer.image import limits
+    from minicontainer.registry import transfer
+
+    shown = mc("pull", "--help").stdout
+    defaults = {**{name: f"{size >> 20}m" if size < 1 << 30 else f"{size >> 30}g" for name, size in limits.DEFAULTS.items()},
+                transfer.TOTAL_SETTING: f"{transfer.DEFAULT_TOTAL:g}", transfer.STALL_SETTING: f"{transfer.DEFAULT_STALL:g}",
+                transfer.ATTEMPTS_SETTING: str(transfer.DEFAULT_ATTEMPTS)}
+    for name, default in defaults.items():
+        [line] = [line for line in shown.splitlines() if line.split()[:1] == [name]]
+        assert line.endswith(f"(default {default})"), line
