@@ -560,3 +560,19 @@ def test_an_archive_json_of_a_million_empty_objects_is_refused_before_parsing(en
     with pytest.raises(LayerError, match="more than the 100000 any real manifest or config has"):
         images.load_images(str(path))
     assert store_state(engine_root) == before
+
+
+def test_an_endless_archive_on_stdin_stops_at_the_image_size_cap(engine_root, tmp_path):
+    import subprocess
+    import sys
+
+    images.list_images()
+    before = store_state(engine_root)
+    env = {**os.environ, "MINICONTAINER_MAX_IMAGE_SIZE": "8m"}
+    with subprocess.Popen(["cat", "/dev/zero"], stdout=subprocess.PIPE) as zeros:
+        done = subprocess.run([sys.executable, "-m", "minicontainer", "load"], stdin=zeros.stdout, env=env,
+                              capture_output=True, text=True, timeout=120)
+        zeros.kill()
+    assert done.returncode == 125 and done.stderr.count("\n") == 1, done.stderr
+    assert "archive stdin unpacks to more than 8 MiB, the MINICONTAINER_MAX_IMAGE_SIZE limit" in done.stderr
+    assert store_state(engine_root) == before

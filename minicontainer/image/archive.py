@@ -208,11 +208,15 @@ class ArchiveReader:
 
 
 def _plain_tar(path: str, staging: Path, label: str) -> Path:
-    """The archive as a seekable plain tar: gzip and zstd input is inflated into staging."""
+    """The archive as a seekable plain tar: gzip and zstd input is inflated into staging, and
+    stdin is copied there; neither may grow past MINICONTAINER_MAX_IMAGE_SIZE."""
     if path == "-":
         copy = staging / "stdin.tar"
-        with open(copy, "wb") as out:
-            shutil.copyfileobj(sys.stdin.buffer, out, _CHUNK)
+        try:
+            with open(copy, "wb") as out:
+                _copy_bounded(sys.stdin.buffer, out, UnpackBudget(f"archive {label}"))
+        except LayerError as exc:
+            raise ArchiveError(f"{exc} (nothing was loaded)") from None
         path = str(copy)
     src = Path(path)
     try:
