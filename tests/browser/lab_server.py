@@ -68,10 +68,11 @@ class LabServer:
         self.write_settings(env)
         log = open(self.home / "jupyterlab.log", "wb")
         # --expose-app-in-browser makes window.jupyterapp, so the test can call JupyterLab's
-        # own commands (notebook:run-all-cells) as the menu does
+        # own commands (notebook:run-all-cells) as the menu does; a read-only extension
+        # manager never asks PyPI for extensions
         command = [sys.executable, "-m", "jupyterlab", "--allow-root", "--no-browser",
                    "--ip=127.0.0.1", "--port=0", "--port-retries=0", f"--ServerApp.root_dir={self.served}",
-                   "--LabApp.expose_app_in_browser=True"]
+                   "--LabApp.expose_app_in_browser=True", "--LabApp.extension_manager=readonly"]
         self.process = subprocess.Popen(command, env=env, cwd=self.served, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL)
         log.close()
@@ -131,6 +132,8 @@ class LabServer:
         try:
             self.process.wait(STOP_WAIT)
         except subprocess.TimeoutExpired:
+            print(f"JupyterLab did not stop within {STOP_WAIT:.0f} s of SIGTERM, killed it; its log ends:\n"
+                  + self.log_tail())
             self.process.kill()
             self.process.wait()
 
