@@ -103,7 +103,8 @@ class Fuzzed:
 
     def check_store(self) -> None:
         """Nothing unreferenced: every blob file linked somewhere (or released by a DELETE),
-        no temp file, no upload directory but the sessions still open, every blob intact."""
+        no temp file, no upload directory but the sessions still open, every blob intact, and
+        no directory under repos/ that holds no repository."""
         storage: RegistryStorage = self.server.storage
         root = storage.root
         linked: set[str] = set()
@@ -120,6 +121,11 @@ class Fuzzed:
         uploads = {p.name for p in (root / "uploads").iterdir()}
         assert uploads <= self.open_uploads, f"upload directories of no open session: {uploads - self.open_uploads}"
         assert storage.fsck() == []
+        repositories = storage.repositories()
+        made = {d.relative_to(root / "repos").as_posix() for d in (root / "repos").rglob("*")
+                if d.is_dir() and not any(part.startswith("_") for part in d.relative_to(root / "repos").parts)}
+        junk = {d for d in made if not any(r == d or r.startswith(d + "/") for r in repositories)}
+        assert junk == set(), f"directories of no repository: {junk}"
 
     def close(self) -> None:
         self.client.close()

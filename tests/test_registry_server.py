@@ -996,3 +996,10 @@ def test_authorization_headers_that_are_not_ascii_get_401_not_an_error(engine_ro
                 httpx.Client(base_url=server.url) as c:
             r = c.get("/v2/student/app/tags/list", headers={"Authorization": header.encode("latin-1")})
             assert (r.status_code, error_codes(r)) == (401, ["UNAUTHORIZED"])
+
+
+def test_deleting_from_a_repository_that_does_not_exist_creates_nothing(registry, client):
+    for reference in ("v1", digest_of(b"nothing")):
+        r = client.delete(f"/v2/nobody/here/manifests/{reference}")
+        assert (r.status_code, error_codes(r)) == (404, ["MANIFEST_UNKNOWN"])
+    assert list((registry.root / "repos").iterdir()) == []

@@ -500,6 +500,7 @@ class RegistryStorage:
 
     def delete_manifest(self, name: str, reference: str) -> str:
         """Delete a tag (by tag) or a manifest with its tags and referrer entry (by digest)."""
+        self.resolve(name, reference)  # MANIFEST_UNKNOWN before the lock, which would create the repository
         with self.repo_lock(name):
             digest = self.resolve(name, reference)
             tags = self._repo(name) / "_tags"
