@@ -476,3 +476,27 @@ def test_the_real_registry_killed_mid_push_is_reported_as_a_reset(engine_root, t
     message = str(err.value)
     assert message.startswith(f"connection reset by {host} during blob upload: the registry dropped the connection")
     assert "insecure-registries" not in message and "HTTPS" not in message
+
+
+def test_a_pulled_gzip_bomb_fails_to_run_in_one_line_and_leaves_no_partial_layer(engine_root, tmp_path):
+    from test_layers import compression_bomb
+
+    layer = compression_bomb(tmp_path / "bomb.tar.gz", 256 << 20).read_bytes()   # ~250 KB that inflate to 256 MiB
+    h = hashlib.sha256()
+    with gzip.open(io.BytesIO(layer)) as inflated:
+        while chunk := inflated.read(1 << 20):
+            h.update(chunk)
+    os_name, arch = host_platform().split("/")
+    config = json.dumps({"os": os_name, "architecture": arch, "config": {"Cmd": ["/zeros"]},
+                         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + h.hexdigest()]}}).encode()
+    manifest = manifest_for(config, [layer])
+    with HostileServer(Registry(manifest, {sha(config): config, sha(layer): layer})) as server:
+        ref = f"{server.host}/hostile/bomb:1"
+        assert run_cli(tmp_path, "pull", "-q", ref).returncode == 0, "the blob itself is small and honest"
+    ran = subprocess.run(CLI + ["run", "--rm", ref], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "MINICONTAINER_MAX_IMAGE_SIZE": "8m"})
+    assert ran.returncode == 125 and ran.stderr.count("\n") == 1 and "Traceback" not in ran.stderr, ran.stderr
+    assert f"image {ref} unpacks to more than 8 MiB, the MINICONTAINER_MAX_IMAGE_SIZE limit" in ran.stderr
+    assert os.listdir(engine_root / "layers" / "sha256") == [], "no partial layer, not even its temp dir"
+    containers = engine_root / "containers"
+    assert not containers.exists() or [n for n in os.listdir(containers) if n != ".lock"] == []

@@ -140,8 +140,8 @@ class ImageStore:
     def ingest_blob(self, chunks: Iterable[bytes], expected: str, size: int | None = None) -> str:
         """Stream chunks into the store; the blob appears only once its digest checks out.
 
-        A stream longer than ``size`` is cut off at the first byte too many: an endless
-        "layer" costs one chunk of disk past its descriptor, not the whole disk.
+        A stream longer than ``size`` is cut off before the chunk that overflows is written:
+        an endless "layer" costs its descriptor's size on disk, not the whole disk.
         """
         path = self.blob_path(expected)
         if path.exists():
