@@ -407,9 +407,22 @@ def test_a_dropped_blob_download_is_tried_again_and_then_succeeds(engine_root, i
             h.wfile.flush()
         _reset(h)
     registry = Registry(manifest, {sha(config): config}, {f"/blobs/{sha(layer)}": flaky})
+    from minicontainer.registry.progress import Progress
+
+    class Said(Progress):
+        def __init__(self):
+            super().__init__()
+            self.said: list[str] = []
+
+        def status(self, digest, text):
+            self.said.append(text)
+            super().status(digest, text)
+    progress = Said()
     with HostileServer(registry) as server:
-        pull(f"{server.host}/hostile/image:1", ImageStore(engine_root))
+        pull(f"{server.host}/hostile/image:1", ImageStore(engine_root), progress=progress)
     assert [p for m, p in registry.requests if p.endswith(sha(layer))] == [f"/v2/hostile/image/blobs/{sha(layer)}"] * 3
+    assert progress.said.count("Retrying in 0.01 seconds") == 1 and "Retrying in 0.02 seconds" in progress.said, \
+        "like docker, the layer's line says it will try again"
 
 
 def test_a_503_manifest_is_tried_again_a_bounded_number_of_times(engine_root, image, monkeypatch):

@@ -621,7 +621,8 @@ class RegistryClient:
 
         def fetch() -> str:
             return self._attempts(lambda: self._download_blob(repo, digest, size, into),
-                                  on_retry=lambda delay: self.progress.status(digest, f"Retrying in {delay:g} seconds"))
+                                  on_retry=lambda delay: self.progress.status(
+                                      digest, f"Retrying in {delay:g} second{'' if delay == 1 else 's'}"))
         step.do(fetch)
 
     def _download_blob(self, repo: str, digest: str, size: int | None, into: ImageStore) -> str:
