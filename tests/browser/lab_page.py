@@ -7,8 +7,10 @@ reads the cells' outputs from the notebook model that the page shows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from playwright.sync_api import Page
+if TYPE_CHECKING:   # Playwright may be missing: the tests then skip (conftest.py) instead of failing to import
+    from playwright.sync_api import Page
 
 RUN_ALL_WAIT_MS = 600_000   # a guard against a notebook that never finishes, not a speed check
 OPEN_WAIT_MS = 120_000      # JupyterLab loads, opens the notebook and starts its kernel

@@ -126,48 +126,80 @@ def test_notebook_runs_all_in_jupyterlab_with_no_error_and_its_traces_fit_the_ou
 EXAM_PREP = next((p for p in NOTEBOOKS if p.name.endswith("-exam-prep.ipynb")), None)
 
 
-@pytest.mark.skipif(EXAM_PREP is None, reason="there is no exam-prep notebook")
-def test_exam_prep_quiz_renders_and_answers_a_question_in_english_and_in_chinese(
-        lab: LabServer, page, artifacts: Path, report: BrowserReport):
-    open_notebook(page, lab.lab_url(EXAM_PREP.name))
-    run_all(page)
-    # the practice quiz: the output of the cell that makes QuizApp(mode="practice")
-    cell = page.locator(".jp-Notebook .jp-CodeCell").filter(has_text='QuizApp(mode="practice"').first
+def quiz_widget(page, constructor: str):
+    """The quiz widget shown by the notebook cell whose code contains ``constructor``."""
+    cell = page.locator(".jp-Notebook .jp-CodeCell").filter(has_text=constructor).first
     quiz = cell.locator(".jp-OutputArea-output .widget-vbox").first
     quiz.wait_for()
+    return quiz
+
+
+def choose_first_answer(quiz) -> None:
+    """Click the first choice, as a student would (or type an answer to a short question)."""
+    quiz.locator(".widget-radio-box input, .widget-checkbox input, .widget-text input[type=text]").first.wait_for()
+    choices = quiz.locator(".widget-radio-box input, .widget-checkbox input")
+    if choices.count():
+        choices.first.check()
+    else:
+        quiz.locator(".widget-text input[type=text]").fill("namespace")
+
+
+def verdicts(lang: str) -> tuple[str, str]:
+    """How the quiz says right and wrong in ``lang`` (grading.quiz.UI)."""
+    return UI[lang]["correct"], UI[lang]["wrong"].split("{")[0]
+
+
+@pytest.mark.skipif(EXAM_PREP is None, reason="there is no exam-prep notebook")
+def test_exam_prep_quiz_answers_with_the_mouse_in_practice_and_mock_mode_in_english_and_chinese(
+        lab: LabServer, page, artifacts: Path, report: BrowserReport):
+    from playwright.sync_api import expect
+
+    open_notebook(page, lab.lab_url(EXAM_PREP.name))
+    run_all(page)
     folder = artifacts / "quiz"
     folder.mkdir()
 
-    def answer_and_check(check_label: str, read_label: str) -> str:
-        """Pick the first choice (or type an answer), press Check; the feedback text shown."""
-        choices = quiz.locator(".widget-radio-box input, .widget-checkbox input")
-        if choices.count():
-            choices.first.check()
-        else:
-            quiz.locator(".widget-text input").fill("namespace")
-        quiz.get_by_role("button", name=check_label, exact=True).click()
-        feedback = quiz.locator(".widget-html", has_text=f"{read_label}:")
+    practice = quiz_widget(page, 'QuizApp(mode="practice"')
+
+    def check(check_label: str, read_label: str) -> str:
+        """Press Check; the feedback text shown under the question."""
+        practice.get_by_role("button", name=check_label, exact=True).click()
+        feedback = practice.locator(".widget-html", has_text=f"{read_label}:")
         feedback.wait_for()
         return feedback.inner_text()
 
-    def verdicts(lang: str) -> tuple[str, str]:
-        return UI[lang]["correct"], UI[lang]["wrong"].split("{")[0]
-
-    english = answer_and_check("Check", "Read")
+    choose_first_answer(practice)
+    english = check("Check", "Read")
     assert any(v in english for v in verdicts("en")), \
-        f"after Check the practice quiz should say whether the answer is right ({verdicts('en')}), but it shows: {english!r}"
-    quiz.screenshot(path=folder / "practice-en.png")
+        f"after Check the practice quiz should say whether the answer is right {verdicts('en')}, but it shows: {english!r}"
+    practice.screenshot(path=folder / "practice-en.png")
 
-    quiz.get_by_role("button", name="中文", exact=True).click()
-    quiz.get_by_role("button", name="检查", exact=True).wait_for()
-    quiz.get_by_role("button", name="下一题", exact=True).click()
-    chinese = answer_and_check("检查", "阅读")
+    practice.get_by_role("button", name="中文", exact=True).click()
+    question = practice.locator(".widget-html p[style*='1.1em']")
+    expect(question).to_have_text(CJK)
+    first_question = question.inner_text()
+    practice.get_by_role("button", name="下一题", exact=True).click()
+    expect(question).not_to_have_text(first_question)      # the next question's answers are drawn anew
+    choose_first_answer(practice)
+    chinese = check("检查", "阅读")
     assert any(v in chinese for v in verdicts("zh")), \
-        f"in 中文 the feedback should say 正确/不对 ({verdicts('zh')}), but it reads: {chinese!r}"
-    question = quiz.locator(".widget-html").filter(has_text=CJK).first.inner_text()
-    assert CJK.search(question), f"in 中文 the question should be in Chinese, but it reads: {question!r}"
-    quiz.screenshot(path=folder / "practice-zh.png")
-    report.screenshots += 2
+        f"in 中文 the feedback should say 正确/不对 {verdicts('zh')}, but it reads: {chinese!r}"
+    practice.screenshot(path=folder / "practice-zh.png")
+
+    # the mock exam, in Chinese: start it, answer the first question, finish; the score,
+    # its plot per topic and where the answers were saved appear
+    mock = quiz_widget(page, 'QuizApp(mode="mock"')
+    mock.get_by_role("button", name="中文", exact=True).click()
+    mock.get_by_role("button", name="开始模拟考试", exact=True).click()
+    choose_first_answer(mock)
+    mock.get_by_role("button", name="交卷并保存", exact=True).click()
+    mock.locator(".widget-html", has_text=UI["zh"]["score"].split("{")[0]).wait_for()
+    mock.locator("img").wait_for()
+    text = mock.inner_text()
+    assert "答案已保存到" in text and "mock-exam-seed1-" in text, \
+        f"after 交卷并保存 the mock exam should say where it saved the answers, but it shows: {text!r}"
+    mock.screenshot(path=folder / "mock-zh.png")
+    report.screenshots += 3
     print(f"screenshots of the quiz in {folder}")
     lab.shut_down_kernels()
 
