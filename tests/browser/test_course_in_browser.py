@@ -60,25 +60,28 @@ def screenshot_notebook(page, folder: Path) -> int:
     return tiles
 
 
-def screenshot_outputs(page, folder: Path, selector: str) -> int:
-    """One image per rendered element matching ``selector`` (a trace table, a step player).
+def screenshot_whole(page, element, path: Path) -> bool:
+    """A picture of one rendered element, all of it; False if it is not displayed.
 
     The notebook scrolls inside JupyterLab's panel, not the page, so an element taller than
     the window would be cut: the window is made tall enough to hold it while it is taken."""
-    shots = 0
+    box = element.bounding_box()
+    if box is None:
+        return False
+    page.set_viewport_size({"width": VIEWPORT["width"],
+                            "height": min(MAX_SHOT_HEIGHT, max(VIEWPORT["height"], int(box["height"]) + 300))})
     try:
-        for i, element in enumerate(page.locator(f".jp-NotebookPanel {selector}").all()):
-            box = element.bounding_box()
-            if box is None:
-                continue                        # not displayed
-            page.set_viewport_size({"width": VIEWPORT["width"],
-                                    "height": min(MAX_SHOT_HEIGHT, max(VIEWPORT["height"], int(box["height"]) + 300))})
-            element.scroll_into_view_if_needed()
-            element.screenshot(path=folder / f"{selector.strip('.')}-{i + 1:02d}.png")
-            shots += 1
+        element.scroll_into_view_if_needed()
+        element.screenshot(path=path)
     finally:
         page.set_viewport_size(VIEWPORT)
-    return shots
+    return True
+
+
+def screenshot_outputs(page, folder: Path, selector: str) -> int:
+    """One image per rendered element matching ``selector`` (a trace table, a step player)."""
+    return sum(screenshot_whole(page, element, folder / f"{selector.strip('.')}-{i + 1:02d}.png")
+               for i, element in enumerate(page.locator(f".jp-NotebookPanel {selector}").all()))
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -172,7 +175,7 @@ def test_exam_prep_quiz_answers_with_the_mouse_in_practice_and_mock_mode_in_engl
     english = check("Check", "Read")
     assert any(v in english for v in verdicts("en")), \
         f"after Check the practice quiz should say whether the answer is right {verdicts('en')}, but it shows: {english!r}"
-    practice.screenshot(path=folder / "practice-en.png")
+    screenshot_whole(page, practice, folder / "practice-en.png")
 
     practice.get_by_role("button", name="中文", exact=True).click()
     question = practice.locator(".widget-html p[style*='1.1em']")
@@ -184,7 +187,7 @@ def test_exam_prep_quiz_answers_with_the_mouse_in_practice_and_mock_mode_in_engl
     chinese = check("检查", "阅读")
     assert any(v in chinese for v in verdicts("zh")), \
         f"in 中文 the feedback should say 正确/不对 {verdicts('zh')}, but it reads: {chinese!r}"
-    practice.screenshot(path=folder / "practice-zh.png")
+    screenshot_whole(page, practice, folder / "practice-zh.png")
 
     # the mock exam, in Chinese: start it, answer the first question, finish; the score,
     # its plot per topic and where the answers were saved appear
@@ -198,7 +201,7 @@ def test_exam_prep_quiz_answers_with_the_mouse_in_practice_and_mock_mode_in_engl
     text = mock.inner_text()
     assert "答案已保存到" in text and "mock-exam-seed1-" in text, \
         f"after 交卷并保存 the mock exam should say where it saved the answers, but it shows: {text!r}"
-    mock.screenshot(path=folder / "mock-zh.png")
+    screenshot_whole(page, mock, folder / "mock-zh.png")
     report.screenshots += 3
     print(f"screenshots of the quiz in {folder}")
     lab.shut_down_kernels()
