@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]-*.ipynb"))
 ARTIFACTS = REPO / "browser-artifacts"     # git-ignored; emptied at the start of each run
 CHROMIUM = Path("/usr/bin/chromium")       # Debian's package; Playwright's own builds can't be downloaded
-# JupyterLab's output area is about 1,000 px wide in a 1,280 px window: the width a student's laptop gives
+# A student's laptop: JupyterLab's output area is ~850 px wide with the file browser open, ~1,100 px without
 VIEWPORT = {"width": 1280, "height": 900}
 HOW_TO_INSTALL = "run `make test-browser`, which installs it (scripts/provision.sh --browser)"
 
@@ -48,6 +48,7 @@ class BrowserReport:
     started: float = field(default_factory=time.monotonic)
     measured: list[Measured] = field(default_factory=list)
     screenshots: int = 0
+    seconds: dict[str, tuple[float, float]] = field(default_factory=dict)   # notebook: (open, Run All)
 
 
 REPORT = pytest.StashKey[BrowserReport]()
@@ -122,5 +123,8 @@ def pytest_terminal_summary(terminalreporter, config) -> None:
     if report.measured:
         widest = max(report.measured, key=lambda m: m.ratio)
         write(f"browser: widest at {widest.ratio:.3f} of its output area: {widest}")
+    if report.seconds:
+        write("browser: seconds to open in JupyterLab + Run All: " + ", ".join(
+            f"{name[:2]} {opening:.0f}+{running:.0f}" for name, (opening, running) in report.seconds.items()))
     write(f"browser: {report.screenshots} screenshots in {ARTIFACTS}/")
     write(f"browser: {time.monotonic() - report.started:.0f} s from the first browser test to the end")
