@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from jupyter_core.utils import ensure_event_loop
 from minicontainer.atomic import write_atomic
 
 from grading.cells import graded_parts, read_notebook
@@ -97,6 +98,10 @@ _WORKER: dict = {}
 
 
 def _init_worker(slots, env: GradingEnvironment) -> None:
+    # A forked worker inherits the event loop its parent's kernel clients ran on, epoll
+    # instance included: shared with the parent, it would wake the wrong process. Close our
+    # copy, so that nbclient makes a fresh loop here.
+    ensure_event_loop().close()
     # each worker keeps its slot (its containers' uid range) for the whole batch
     _WORKER.update(runner=env.runner(slots.get()))
 
@@ -130,7 +135,7 @@ def autograde(lab: Lab, folder: Path, out: Path, *, jobs: int = 1, limits: Limit
         scratch = env.workspace / "submissions"
         scratch.mkdir()
         subs = find_submissions(folder, lab, scratch)
-        ctx = multiprocessing.get_context("fork")   # the grader has no threads yet: forking it is safe
+        ctx = multiprocessing.get_context("fork")   # spawn would leave a resource-tracker process behind
         slots = ctx.Queue()
         for slot in range(jobs):
             slots.put(slot)

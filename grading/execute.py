@@ -82,14 +82,15 @@ def probe_source(seed: str, index: int) -> str:
 
 def run_notebook(nb: NotebookNode, *, cwd: str, km=None, kernel_name: str = "python3", cell_timeout: float = 60,
                  notebook_timeout: float = 600, output_cap: int = 2_000_000, probe_seed: str | None = None,
-                 startup_timeout: float = 60) -> NotebookRun:
+                 startup_timeout: float = 60, graceful_shutdown: bool = True) -> NotebookRun:
     """Execute every code cell of ``nb`` in order (outputs land in ``nb``); see the module doc for the limits."""
     started = time.monotonic()
     deadline = started + notebook_timeout
     client = CappedClient(nb, output_cap, km=km, kernel_name=kernel_name, timeout=int(cell_timeout),
                           allow_errors=True, interrupt_on_timeout=True, startup_timeout=int(startup_timeout),
                           error_on_timeout={"ename": TIMEOUT_ENAME, "evalue": "", "traceback": []},
-                          resources={"metadata": {"path": cwd}}, iopub_timeout=2, shutdown_kernel="graceful")
+                          resources={"metadata": {"path": cwd}}, iopub_timeout=2,
+                          shutdown_kernel="graceful" if graceful_shutdown else "immediate")
     seed = probe_seed or hashlib.sha256(json.dumps(nb, sort_keys=True, default=str).encode()).hexdigest()
     run = NotebookRun()
     try:

@@ -122,7 +122,9 @@ def corpus() -> list[Entry]:
         Entry("memory-hog", lambda nb: with_code(nb, {"namespaces-network-code": "hog = b'x' * (3 * 2**30)\n"}),
               points(namespaces_network=0), problem="kernel died"),
         Entry("huge-output", lambda nb: with_code(nb, {"namespaces-network-code":
-              "while True:\n    print('x' * 100_000)\n"}), points(namespaces_network=0), problem="output"),
+              "while True:\n    print('x' * 100_000)\n"}),
+              # ipykernel buffers output for 0.2 s: under load that buffer alone can reach the memory limit
+              points(namespaces_network=0), problem="output|over the memory limit"),
         Entry("cell-retyped", _retyped, points(namespaces_isolate=0),
               messages={"namespaces-isolate": "changed into a markdown cell"}),
         Entry("metadata-tampered", _tampered_metadata, points(namespaces_read=0)),
