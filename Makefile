@@ -9,7 +9,7 @@ VENV := .venv
 STAMP := $(VENV)/.provisioned
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test test-v2 test-browser bench bench-images compile handin
+.PHONY: setup demo test test-v2 test-browser bench bench-images compile handin labs
 
 setup: $(STAMP)
 
@@ -42,6 +42,12 @@ bench: compile
 	$(PY) bench/run_latency.py
 	$(PY) bench/lifecycle.py
 	$(PY) bench/build.py
+	$(PY) bench/grading.py
+
+# Every lab: its student copy is up to date, its solution scores full marks and its starter zero
+labs: compile
+	$(PY) -m grading release --check
+	$(PY) -m grading validate
 
 # layer unpack vs umoci, our registry client vs skopeo, our registry vs docker-registry (several minutes)
 bench-images: compile
