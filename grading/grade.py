@@ -10,7 +10,8 @@ from typing import Callable
 import nbformat
 
 from grading.assemble import assemble
-from grading.cells import grade_id, graded_parts, is_test, nbgrader, notebook_json
+from grading.cells import (HIDDEN_BEGIN, HIDDEN_END, grade_id, graded_parts, is_test, nbgrader, notebook_json,
+                           source_text)
 from grading.execute import NotebookRun, run_notebook
 from grading.score import PartResult, SubmissionResult, score_parts
 
@@ -59,7 +60,24 @@ def grade_notebook(source_nb: dict, submission: dict | None, *, student: str, la
         run = runner(nb, Path(workdir or tmp), limits)
     result = SubmissionResult(student, lab, score_parts(parts, run, assembly.notes), run.problem,
                               round(run.seconds, 2), setup_error(nb, run))
+    hide_hidden_tests(result, source_nb)
     return result, nb
+
+
+QUOTED = "the check failed with a message that quotes the hidden tests, so it is not shown"
+
+
+def hide_hidden_tests(result: SubmissionResult, source_nb: dict) -> None:
+    """Drop any failure message that quotes a line of the hidden tests: code in the kernel can
+    see the cells it is sent, and could raise an error carrying them into the feedback."""
+    lines = {line.strip() for cell in source_nb["cells"] if is_test(cell)
+             for block in source_text(cell).split(HIDDEN_BEGIN)[1:] for line in block.split(HIDDEN_END)[0].split("\n")
+             if len(line.strip()) >= 16}
+    for part in result.parts:
+        if any(line in part.message for line in lines):
+            part.message = QUOTED
+    if any(line in result.setup_error for line in lines):
+        result.setup_error = QUOTED
 
 
 def setup_error(nb: nbformat.NotebookNode, run: NotebookRun) -> str:

@@ -96,6 +96,18 @@ def read_namespace_ids(pid):
     return {}
 '''
 
+# sees every cell the kernel is sent (hidden tests too) and raises them as its error message
+LEAK_HIDDEN_TESTS = '''
+SEEN = []
+get_ipython().events.register("pre_run_cell", lambda info: SEEN.append(info.raw_cell))
+
+def read_namespace_ids(pid):
+    if any("BEGIN HIDDEN TESTS" in cell for cell in SEEN):
+        raise AssertionError(next(cell for cell in SEEN if "BEGIN HIDDEN TESTS" in cell)[-600:])
+    import minicontainer
+    return {k: v for k, v in minicontainer.namespace_ids(pid).items() if k in KINDS}
+'''
+
 STUB = "def {name}(*args):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n"
 
 
@@ -131,6 +143,8 @@ def corpus() -> list[Entry]:
         Entry("only-solution-cells", _only_solutions, points()),
         Entry("kernel-tampered", lambda nb: with_code(nb, {"namespaces-read-code": TAMPER_KERNEL}),
               {k: 0 for k in FULL}, problem="tampered"),
+        Entry("leaks-hidden-tests", lambda nb: with_code(nb, {"namespaces-read-code": LEAK_HIDDEN_TESTS}),
+              points(namespaces_read=0), messages={"namespaces-read": "quotes the hidden tests"}),
         Entry("not-json", lambda nb: b'{"cells": [', {k: 0 for k in FULL}, problem="could not be read"),
         Entry("not-a-notebook", lambda nb: b'["a list"]', {k: 0 for k in FULL}, problem="not a Jupyter notebook"),
     ]

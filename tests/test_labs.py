@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+import re
+
 from grading.cells import format_problems, read_notebook
+from grading.glossary import load_glossary, lookup, notebook_key_terms
 from grading.labs import all_labs, labs_dir
 from grading.release import released_text
 from grading.validate import validate
@@ -45,6 +48,19 @@ def test_grade_ids_are_unique_across_all_labs():
             gid = cell.metadata.nbgrader.grade_id
             assert gid not in seen, f"{gid} is used by {seen[gid]} and {lab.name}"
             seen[gid] = lab.name
+
+
+@pytest.mark.parametrize("lab", LABS, ids=ids)
+def test_key_terms_use_the_glossarys_chinese(lab):
+    glossary = load_glossary()
+    wrong = []
+    for _, en, zh in notebook_key_terms(lab.source.parent):
+        entry = lookup(glossary, en)
+        if entry is None:
+            wrong.append(f"**{en}** ({zh}) is not in grading/questions/glossary.yaml")
+        elif zh not in (entry.zh, *re.findall(r"[（(]([^()（）]+)[)）]$", entry.zh)):
+            wrong.append(f"**{en}** ({zh}): the glossary says {entry.zh}")
+    assert not wrong, "\n".join(wrong)
 
 
 @pytest.mark.slow
