@@ -319,3 +319,33 @@ def test_mock_exam_results_land_in_grades_csv_beside_the_lab(tmp_path):
     assert by["bob"]["exam-total"] == "" and by["bob"]["toy-double"] == "0"
     topics = [k for k in header if k.startswith("exam-") and k != "exam-total" and by["carol"][k]]
     assert topics and all(by["carol"][k] == "100.0" for k in topics)
+
+
+def test_submissions_are_found_as_notebooks_folders_or_handin_archives(tmp_path, toy_lab):
+    import tarfile
+
+    from grading.autograde import find_submissions
+
+    release(toy_lab)
+    subs = tmp_path / "in"
+    (subs / "bob" / "labs" / "99-toy").mkdir(parents=True)
+    (subs / "alice.ipynb").write_bytes(toy_lab.student.read_bytes())
+    (subs / "bob" / "labs" / "99-toy" / "99-toy.ipynb").write_bytes(toy_lab.student.read_bytes())
+    (subs / "bob" / "scratch.ipynb").write_text("{}")
+    (subs / "dan").mkdir()
+    (subs / "eve.ipynb").symlink_to("/etc/passwd")
+    work = tmp_path / "work"
+    (work / "labs" / "99-toy").mkdir(parents=True)
+    (work / "labs" / "99-toy" / "99-toy.ipynb").write_bytes(toy_lab.student.read_bytes())
+    (work / "evil").write_text("never extracted")
+    with tarfile.open(subs / "handin-carol-20261207-0900.tar.gz", "w:gz") as tar:
+        tar.add(work / "labs", arcname="labs")
+        tar.add(work / "evil", arcname="../../evil")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    found = {s.student: s for s in find_submissions(subs, toy_lab, scratch)}
+    assert set(found) == {"alice", "bob", "carol", "dan"}, "symlinks are skipped"
+    assert found["bob"].path.name == "99-toy.ipynb"
+    assert found["carol"].path.parent == scratch and found["carol"].path.read_bytes() == toy_lab.student.read_bytes()
+    assert found["dan"].path is None and "no notebook" in found["dan"].problem
+    assert [p for p in tmp_path.parent.rglob("evil") if work not in p.parents] == [], "nothing else is extracted"
