@@ -1,5 +1,6 @@
 """Our registry server against a real client: skopeo pushes, pulls, inspects and lists
-tags, with no auth, with htpasswd Basic, and through the token server."""
+tags, with no auth, with htpasswd Basic, and through the token server; and beside a real
+server: Debian's docker-registry (distribution 2.8) answers hostile requests as we do."""
 from __future__ import annotations
 
 import gzip
