@@ -6,7 +6,7 @@ reads the cells' outputs from the notebook model that the page shows.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:   # Playwright may be missing: the tests then skip (conftest.py) instead of failing to import
@@ -47,8 +47,10 @@ CELLS = """() => window.jupyterapp.shell.currentWidget.content.widgets.map((cell
 
 # Each visible element matching the selector, against the output area it is rendered in:
 # the element's own box and scroll width, the area's width and whether the area scrolls sideways,
-# and how many of its table cells the page aligns other than left (JupyterLab's own output
-# style right-aligns every td and th of an HTML output, unless a rule beats it).
+# how many of its table cells the page aligns other than left (JupyterLab's own output
+# style right-aligns every td and th of an HTML output, unless a rule beats it), and how many
+# pieces of its text MathJax typeset as formulas (JupyterLab typesets text between two $ signs
+# in HTML outputs, outside <code> and <pre>: "$ echo $$" becomes an italic "echo").
 MEASURE = """(selector) => {
   const cells = window.jupyterapp.shell.currentWidget.content.widgets;
   const found = [];
@@ -63,7 +65,8 @@ MEASURE = """(selector) => {
                 overflow: el.scrollWidth - el.clientWidth,
                 area_width: area.clientWidth, area_overflow: area.scrollWidth - area.clientWidth,
                 not_left: Array.from(el.querySelectorAll('td, th'))
-                  .filter(c => !['left', 'start'].includes(getComputedStyle(c).textAlign)).length});
+                  .filter(c => !['left', 'start'].includes(getComputedStyle(c).textAlign)).length,
+                math: Array.from(el.querySelectorAll('mjx-container')).map(m => m.textContent)});
   });
   return found;
 }"""
@@ -82,6 +85,7 @@ class Measured:
     area_width: int       # the output area's width
     area_overflow: int    # how far the output area scrolls sideways
     not_left: int = 0     # table cells in it that are not left-aligned
+    math: list[str] = field(default_factory=list)   # its text that MathJax typeset as formulas
 
     @property
     def ratio(self) -> float:
@@ -132,7 +136,7 @@ def cell_problems(notebook: str, cell_list: list[dict]) -> list[str]:
 
 def measure(page: Page, notebook: str, selector: str, layout: str) -> list[Measured]:
     return [Measured(notebook, selector, layout, m["cell"], m["id"], m["width"], m["overflow"], m["area_width"],
-                     m["area_overflow"], m["not_left"]) for m in page.evaluate(MEASURE, selector)]
+                     m["area_overflow"], m["not_left"], m["math"]) for m in page.evaluate(MEASURE, selector)]
 
 
 def toggle_file_browser(page: Page) -> None:

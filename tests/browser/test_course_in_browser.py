@@ -124,6 +124,12 @@ def test_notebook_runs_all_in_jupyterlab_with_no_error_and_its_traces_fit_the_ou
         failures.append("table cells the page does not align left (JupyterLab's output style "
                         "':not(.jp-RenderedMarkdown).jp-RenderedHTMLCommon td' right-aligns them; a rule "
                         "scoped to the table must be more specific):\n" + "\n".join(right_aligned))
+    typeset = [f"{m.notebook} cell {m.cell} ({m.cell_id}) {m.selector}: {m.math}"
+               for m in measured if m.math and m.layout == "open"]
+    if typeset:
+        failures.append("text that JupyterLab's MathJax typeset as formulas (it was between two $ signs, as in "
+                        "'$ echo $$'): give the root element the class mathjax_ignore, or put the text in "
+                        "<code>:\n" + "\n".join(typeset))
     if left:
         failures.append(f"{notebook.name} left processes running after Run All: {left}")
     assert not failures, "\n\n".join(failures)
@@ -210,9 +216,11 @@ def test_exam_prep_quiz_answers_with_the_mouse_in_practice_and_mock_mode_in_engl
     lab.shut_down_kernels()
 
 
-# A trace as it looked before issue 9: a table with no style, whose call is one unbreakable token.
+# A trace as it looked before issue 9: a table with no style, whose call is one unbreakable
+# token, and a shell line with two $ signs outside <code>.
 UNSTYLED_TRACE = ('<div class="mc-trace"><table><tr><th>step</th><th>call</th></tr><tr><td>mount_overlay</td>'
-                  '<td><code>lowerdir=' + "_".join(f"{i:064x}" for i in range(12)) + '</code></td></tr></table></div>')
+                  '<td><code>lowerdir=' + "_".join(f"{i:064x}" for i in range(12)) + '</code></td></tr>'
+                  '<tr><td>cgroup_join</td><td>$ echo $$ &gt; cgroup.procs</td></tr></table></div>')
 
 
 def test_the_browser_checks_catch_a_failing_cell_and_a_trace_wider_than_its_output_area(lab: LabServer, page):
@@ -231,5 +239,6 @@ def test_the_browser_checks_catch_a_failing_cell_and_a_trace_wider_than_its_outp
     assert problems[1].endswith("Run All never ran cells 2"), problems
     [wide] = measure(page, "checks-can-fail", ".mc-trace", "open")
     assert not wide.fits and wide.area_overflow > 0 and wide.ratio > 1, f"the unstyled trace should not fit: {wide}"
-    assert wide.not_left == 4, f"JupyterLab should right-align the unstyled table's 4 cells: {wide.not_left}"
+    assert wide.not_left == 6, f"JupyterLab should right-align the unstyled table's 6 cells: {wide.not_left}"
+    assert wide.math == ["echo"], f"MathJax should typeset '$ echo $' as a formula: {wide.math}"
     lab.shut_down_kernels()
