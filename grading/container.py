@@ -36,9 +36,6 @@ UID_RANGE = 65_536
 KERNEL_DIR_SIZE = "4m"
 MOUNT_POINTS = ("proc", "dev", "sys", "tmp", "usr", "etc", "run/kernel", "work/submission")
 ETC_COPIED = ("ld.so.cache", "nsswitch.conf", "localtime")
-LOOPBACK_UP_HOOK = ("import json, subprocess, sys; pid = json.load(sys.stdin)['pid']; "
-                    "subprocess.run(['nsenter', '--target', str(pid), '--net', 'ip', 'link', 'set', 'lo', 'up'], "
-                    "check=True)")
 MERGED_USR_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
 
@@ -126,9 +123,11 @@ def kernel_config(base: dict, rootfs: Path, kernel_dir: Path, slot: int, limits:
     uid = UID_BASE + slot * UID_RANGE
     mounts = [m for m in config["mounts"] if m["destination"] in ("/proc", "/dev", "/sys", "/dev/pts", "/dev/shm",
                                                                   "/dev/mqueue")]
-    mounts += [_bind("/usr"), *(_bind(p) for p in python_paths()),
-               _bind(str(kernel_dir), "/run/kernel", readonly=False),
-               _tmpfs("/tmp", limits.tmp_size), _tmpfs("/work/submission", limits.work_size)]
+    # the tmpfs mounts go first: a checkout under /tmp (a CI clone, say) is bound on top of
+    # the container's empty /tmp instead of being hidden by it
+    mounts += [_tmpfs("/tmp", limits.tmp_size), _tmpfs("/work/submission", limits.work_size),
+               _bind("/usr"), *(_bind(p) for p in python_paths()),
+               _bind(str(kernel_dir), "/run/kernel", readonly=False)]
     config["mounts"] = mounts
     linux = config["linux"]
     linux.pop("cgroupsPath", None)
@@ -140,8 +139,7 @@ def kernel_config(base: dict, rootfs: Path, kernel_dir: Path, slot: int, limits:
     resources["pids"] = {"limit": limits.pids}
     resources["cpu"] = {"quota": int(limits.cpus * 100_000), "period": 100_000}
     # the container's network is its own loopback and nothing else (a lab may serve on
-    # 127.0.0.1): the runtime calls this from the host before the kernel starts
-    config["hooks"] = {"createRuntime": [{"path": sys.executable, "args": [sys.executable, "-c", LOOPBACK_UP_HOOK]}]}
+    # 127.0.0.1): the runtime brings lo up in a new network namespace, as runc does
     return config
 
 

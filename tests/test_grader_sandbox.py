@@ -132,18 +132,20 @@ def test_the_kernel_runs_as_an_unprivileged_host_user_without_the_labs_folder(tm
                               "import os\nprint('UIDMAP', open('/proc/self/uid_map').read().split())\n"
                               "print('PID', os.getpid())\nprint('LABS', os.path.exists('/work/main/labs'), "
                               "os.path.exists(" + repr(str(lab.source)) + "))\n"
-                              "print('NET', sorted(os.listdir('/sys/class/net')))"})
+                              "print('NET', sorted(os.listdir('/sys/class/net')))\n"
+                              "print('LOUP', int(open('/sys/class/net/lo/flags').read(), 16) & 1)"})
     with GradingEnvironment() as env:
         _, ran = grade_notebook(source, probe, student="probe", lab=LAB, runner=env.runner(1),
                                 limits=Limits(cell_timeout=30, notebook_timeout=120))
     text = "".join(o.get("text", "") for c in ran.cells for o in c.get("outputs", []))
     lines = {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in text.splitlines() if ln.split(" ", 1)[0] in
-             ("UIDMAP", "PID", "LABS", "NET")}
+             ("UIDMAP", "PID", "LABS", "NET", "LOUP")}
     inside, host, size = eval(lines["UIDMAP"])
     assert inside == "0" and int(host) >= 1_000_000, "root in the container is an unprivileged uid on the host"
     assert lines["PID"] == "1", "the kernel is the container's init: when it dies, everything in it dies"
     assert lines["LABS"] == "False False", "the sources (hidden tests) are not in the container"
     assert lines["NET"] == "['lo']", "no network: only a loopback device"
+    assert lines["LOUP"] == "1", "the loopback is up, so a lab can serve on 127.0.0.1"
     assert subprocess.run(["grep", "-c", "grading-kernel", "/proc/mounts"], capture_output=True,
                           text=True).stdout.strip() == "0"
 
