@@ -30,7 +30,7 @@ from .errors import MinicontainerError
 from .kernel.cgroups import MountEntry, parse_mountinfo, parse_proc_cgroup
 from .kernel.namespaces import NAMESPACES, namespace_ids
 from .kernel.syscalls import namespace_flag_names
-from .trace import PLANNED, TRACE_STYLE, Step, Trace, _short_ids
+from .trace import NO_MATH, PLANNED, TRACE_STYLE, Step, Trace, _short_ids
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -508,7 +508,7 @@ def frame_html(frame: Frame, index: int, total: int) -> str:
     """One frame as HTML: a .mc-trace block, so the trace table's style applies to it."""
     e = html.escape
     error = f'<div class="mc-error-text">{e(frame.error)}</div>' if frame.error else ""
-    return _short_ids(f'<div class="mc-trace mc-frame"><div class="mc-head"><b>{index} / {total - 1}</b> · '
+    return _short_ids(f'<div class="mc-trace mc-frame {NO_MATH}"><div class="mc-head"><b>{index} / {total - 1}</b> · '
                       f'<b>{e(frame.title)}</b></div>{error}{_steps_html(frame)}{picture_html(frame.picture)}</div>')
 
 
@@ -593,7 +593,7 @@ class StepPlayer:
         if self.live and self.pending and not self.stopped:
             more = (f'<div class="mc-source">{len(self.pending)} more steps are planned '
                     f'({", ".join(name for name, _ in self.pending)}): with widgets, Next takes them</div>')
-        return _short_ids(f'<div class="mc-player">{TRACE_STYLE}{PLAYER_STYLE}{"".join(parts)}{more}</div>')
+        return _short_ids(f'<div class="mc-player {NO_MATH}">{TRACE_STYLE}{PLAYER_STYLE}{"".join(parts)}{more}</div>')
 
     def _repr_mimebundle_(self, include=None, exclude=None) -> dict:
         data = {"text/plain": self.text(), "text/html": self.static_html()}
@@ -625,6 +625,8 @@ class StepPlayer:
                               layout=w.Layout(align_items="center"))
             self._widget = w.VBox([controls, self.view], layout=w.Layout(max_width="100%"))
             self._widget.add_class("mc-player")
+            for name in NO_MATH.split():
+                self._widget.add_class(name)
             self._refresh()
         return self._widget
 

@@ -173,7 +173,7 @@ class Trace:
                 f'<td class="mc-ms">{"" if s.result == PLANNED else f"{s.duration * 1000:.2f}"}</td></tr>')
         head = ("<tr><th>#</th><th>step, and why</th><th>what was done (and the shell equivalent)</th>"
                 "<th>result</th><th>ms</th></tr>")
-        return _short_ids(f'<div class="mc-trace">{TRACE_STYLE}<table><colgroup><col style="width:2.8em">'
+        return _short_ids(f'<div class="mc-trace {NO_MATH}">{TRACE_STYLE}<table><colgroup><col style="width:2.8em">'
                           f'<col style="width:30%"><col style="width:42%"><col style="width:28%">'
                           f'<col style="width:4.2em"></colgroup>{head}{"".join(rows)}</table></div>')
 
@@ -187,6 +187,11 @@ class Trace:
     def __repr__(self) -> str:
         return f"<Trace of {len(self.steps)} steps: {', '.join(self.names())}>"
 
+
+# JupyterLab typesets text between two $ signs as a formula, so '$ echo $$' in a shell column
+# would show as an italic "echo": an ancestor with one of these classes turns MathJax off
+# (tex2jax_ignore for MathJax 2 and 3.0, mathjax_ignore from 3.1 on).
+NO_MATH = "tex2jax_ignore mathjax_ignore"
 
 # Every selector starts with .mc-trace, so nothing leaks into the rest of the page; colours
 # are the JupyterLab theme's variables, with fallbacks for plain HTML (nbconvert). The cells'

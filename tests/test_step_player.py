@@ -227,7 +227,7 @@ def test_the_static_fallback_has_every_frame_as_text_and_html_beside_the_widget(
     total = len(player.frames) - 1
     assert [int(n) for n in re.findall(rf"^\[(\d+)/{total}\]", bundle["text/plain"], re.M)] == list(range(total + 1))
     page = bundle["text/html"]
-    assert page.startswith('<div class="mc-player">') and page.count('<details class="mc-static"') == total + 1
+    assert page.startswith('<div class="mc-player ') and page.count('<details class="mc-static"') == total + 1
     assert page.count(TRACE_STYLE) == 1 and page.count(PLAYER_STYLE) == 1, "the styles once, not once per frame"
     for step in run_trace:
         assert step.why[:40] in bundle["text/plain"]

@@ -11,20 +11,15 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from lab_page import Measured
-from lab_server import LabServer
+from lab_page import VIEWPORT, BrowserReport
+from lab_server import NOTEBOOKS, LabServer
 
-REPO = Path(__file__).resolve().parents[2]
-NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]-*.ipynb"))
-ARTIFACTS = REPO / "browser-artifacts"     # git-ignored; emptied at the start of each run
+ARTIFACTS = Path(__file__).resolve().parents[2] / "browser-artifacts"   # git-ignored; emptied at each run's start
 CHROMIUM = Path("/usr/bin/chromium")       # Debian's package; Playwright's own builds can't be downloaded
-# A student's laptop: JupyterLab's output area is ~850 px wide with the file browser open, ~1,100 px without
-VIEWPORT = {"width": 1280, "height": 900}
 HOW_TO_INSTALL = "run `make test-browser`, which installs it (scripts/provision.sh --browser)"
 
 
@@ -40,15 +35,6 @@ def missing_browser_parts() -> str | None:
     except ImportError:
         return f"Playwright is not installed in this Python: {HOW_TO_INSTALL}"
     return None
-
-
-@dataclass
-class BrowserReport:
-    """What the run measured, printed at the end of the session."""
-    started: float = field(default_factory=time.monotonic)
-    measured: list[Measured] = field(default_factory=list)
-    screenshots: int = 0
-    seconds: dict[str, tuple[float, float]] = field(default_factory=dict)   # notebook: (open, Run All)
 
 
 REPORT = pytest.StashKey[BrowserReport]()

@@ -6,12 +6,15 @@ reads the cells' outputs from the notebook model that the page shows.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:   # Playwright may be missing: the tests then skip (conftest.py) instead of failing to import
     from playwright.sync_api import Page
 
+# A student's laptop: JupyterLab's output area is ~850 px wide with the file browser open, ~1,100 px without
+VIEWPORT = {"width": 1280, "height": 900}
 RUN_ALL_WAIT_MS = 600_000   # a guard against a notebook that never finishes, not a speed check
 OPEN_WAIT_MS = 120_000      # JupyterLab loads, opens the notebook and starts its kernel
 
@@ -100,6 +103,15 @@ class Measured:
         return (f"{self.notebook} cell {self.cell} ({self.cell_id}) {self.selector}: {self.width:.0f} px "
                 f"in a {self.area_width} px output area, file browser {self.layout} "
                 f"(content overflow {self.overflow} px, area scrolls {self.area_overflow} px)")
+
+
+@dataclass
+class BrowserReport:
+    """What a run of the browser tests measured, printed at the end of the session."""
+    started: float = field(default_factory=time.monotonic)
+    measured: list[Measured] = field(default_factory=list)
+    screenshots: int = 0
+    seconds: dict[str, tuple[float, float]] = field(default_factory=dict)   # notebook: (open, Run All)
 
 
 def open_notebook(page: Page, url: str) -> None:

@@ -20,6 +20,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+# The course's chapters, the notebooks a server serves (copies of)
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[2] / "notebooks").glob("[0-9][0-9]-*.ipynb"))
 # Read by jupyter_core, JupyterLab, IPython and matplotlib; each gets a folder under the test's directory.
 TOOL_DIRS = ("JUPYTER_CONFIG_DIR", "JUPYTER_DATA_DIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR", "MPLCONFIGDIR",
              "JUPYTERLAB_SETTINGS_DIR", "JUPYTERLAB_WORKSPACES_DIR")

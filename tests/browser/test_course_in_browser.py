@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NOTEBOOKS, VIEWPORT, BrowserReport
 from grading.quiz import UI
-from lab_page import Measured, cell_problems, cells, measure, open_notebook, run_all, toggle_file_browser
-from lab_server import LabServer
+from lab_page import (VIEWPORT, BrowserReport, Measured, cell_problems, cells, measure, open_notebook, run_all,
+                      toggle_file_browser)
+from lab_server import NOTEBOOKS, LabServer
 from notebook_checks import LEFTOVER_GRACE, processes_in_session
 
 MEASURED = (".mc-trace", ".mc-player")
