@@ -90,7 +90,12 @@ def cmd_autograde(a: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in GRADER_COMMANDS:
+    if argv in ([], ["-h"], ["--help"]):   # one overview of both halves, not just the quiz's
+        print(parser().format_help().rstrip())
+        print("\nexam prep (练习与模拟考试):\n  python -m grading quiz [--lang zh] [--topic T] [--mock N] [--seed S]\n"
+              "  python -m grading check     validate the question bank, count questions per topic")
+        return 0 if argv else 2
+    if argv[0] not in GRADER_COMMANDS:
         return quiz.main(argv)
     a = parser().parse_args(argv)
     from grading.cells import LabFormatError

@@ -282,6 +282,15 @@ def test_the_cli_says_in_one_line_what_is_wrong_and_how_to_fix_it(toy_lab):
     assert _cli("check").returncode == 0       # the question bank's check is still there
 
 
+def test_the_cli_help_names_the_grader_and_the_quiz_commands():
+    shown = _cli("--help")
+    assert shown.returncode == 0, shown.stderr
+    for command in ("release", "validate", "autograde", "grading quiz", "grading check"):
+        assert command in shown.stdout, f"`python -m grading --help` should name {command}"
+    bare = _cli()
+    assert bare.returncode == 2 and "autograde" in bare.stdout, "no command: the same overview, and exit 2"
+
+
 # ---- the gradebook ------------------------------------------------------------------------------------
 
 def _mock_exam(folder: Path, right: int) -> Path:
