@@ -7,9 +7,14 @@ default seccomp profile, masked and read-only paths, the device allow-list), plu
 - a **user namespace**: root in the container is an unprivileged host uid (a range of its
   own per job slot), so its capabilities cover only the namespaces the container owns. That
   is what lets a lab's own Sandbox unshare namespaces inside (CAP_SYS_ADMIN, which the
-  seccomp profile then allows too) without any power over the host: host files stay owned
-  by a uid the container can't act as, devices can't be made, /proc/sys can't be written;
-- memory, pids and CPU limits; no network (a new network namespace with only loopback);
+  seccomp profile then allows too) and bring a lab container's loopback up (CAP_NET_ADMIN,
+  over its own network namespaces only) without any power over the host: host files stay
+  owned by a uid the container can't act as, devices can't be made, /proc/sys can't be written;
+- memory, pids and CPU limits on a cgroup the container can't write, and below it a
+  **delegated** cgroup its root user owns, the root of its cgroup namespace: a lab's own
+  engine creates its containers' cgroups there, always within the grader's limits
+  (:class:`DelegatedCgroup`);
+- no network (a new network namespace with only loopback);
 - a read-only root: the host's /usr, the project's venv and Python packages (never labs/,
   where the hidden tests are), a made-up /etc, and small tmpfs for /tmp and the working dir;
 - the kernel's ZMQ sockets as unix sockets in a directory shared with the grader (ipc
@@ -17,24 +22,35 @@ default seccomp profile, masked and read-only paths, the device allow-list), plu
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_client.manager import AsyncKernelManager
+
+from minicontainer.kernel import cgroups
+from minicontainer.runtime.bundle_create import inherit_cpuset
 
 PROJECT = Path(__file__).resolve().parent.parent       # the checkout: grading/ and minicontainer/ live here
 UID_BASE = 1_000_000          # host uids the containers' root users map to: one range per job slot
 UID_RANGE = 65_536
 KERNEL_DIR_SIZE = "4m"
 MOUNT_POINTS = ("proc", "dev", "sys", "tmp", "usr", "etc", "run/kernel", "work/submission")
+DELEGATED = "delegated"       # the container's cgroup: its root user owns it; its cgroup namespace starts here
+KERNEL_LEAF = "kernel"        # the kernel's process lives in this leaf below it (cgroup v2: no internal processes)
+V1_DELEGATED_FILES = ("cgroup.procs", "tasks")
+V2_DELEGATED_FILES = ("cgroup.procs", "cgroup.threads", "cgroup.subtree_control")   # cgroups(7), "Delegation"
+CGROUP_EMPTY_TIMEOUT = 5.0    # safety net: a killed container's tasks leave their cgroups in well under a second
 ETC_COPIED = ("ld.so.cache", "nsswitch.conf", "localtime")
 MERGED_USR_LINKS = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 
@@ -54,10 +70,10 @@ def runtime_command() -> list[str]:
 
 
 def default_config() -> dict:
-    """The config.json the engine writes for `run --cap-add SYS_ADMIN` (its default security profile,
-    with the seccomp rules Docker's profile grants that capability), via `run --explain`."""
+    """The config.json the engine writes for `run --cap-add SYS_ADMIN --cap-add NET_ADMIN` (its default
+    security profile, with the seccomp rules Docker's profile grants SYS_ADMIN), via `run --explain`."""
     out = subprocess.run([sys.executable, "-m", "minicontainer", "run", "--explain", "--cap-add", "SYS_ADMIN",
-                          "busybox", "true"],
+                          "--cap-add", "NET_ADMIN", "busybox", "true"],
                          capture_output=True, text=True, check=True).stdout
     return json.loads(out[out.index("\n{", out.index("config.json")) + 1:])
 
@@ -98,16 +114,30 @@ def _tmpfs(target: str, size: str) -> dict:
             "options": ["nosuid", "nodev", f"size={size}", "mode=1777"]}
 
 
+def enter_kernel_leaf() -> list[str]:
+    """A command prefix: move this process into the kernel's leaf cgroup (in every hierarchy), then exec the rest.
+
+    The runtime puts the container's first process in the delegated cgroup and starts the
+    cgroup namespace there, so the container sees that cgroup as its /sys/fs/cgroup. In
+    cgroup v2 a cgroup that hands controllers to its children may hold no process itself
+    ("no internal processes"), so the kernel moves one level down before it starts, as
+    systemd's delegated units do; the same layout on v1 keeps both versions alike.
+    """
+    leaves = f"/sys/fs/cgroup/{KERNEL_LEAF}/cgroup.procs /sys/fs/cgroup/*/{KERNEL_LEAF}/cgroup.procs"   # v2, v1
+    script = f'set -e; for procs in {leaves}; do if [ -e "$procs" ]; then echo $$ > "$procs"; fi; done; exec "$@"'
+    return ["/bin/sh", "-c", script, "enter-kernel-leaf"]
+
+
 def kernel_config(base: dict, rootfs: Path, kernel_dir: Path, slot: int, limits: SandboxLimits,
-                  connection_file: str) -> dict:
+                  connection_file: str, cgroups_path: str = "") -> dict:
     """The kernel's config.json: ``base`` (the engine's default profile) with this container's changes."""
     config = json.loads(json.dumps(base))
     config.pop("annotations", None)
     process = config["process"]
     caps = process["capabilities"]["bounding"]
     process["capabilities"] = {k: caps for k in ("bounding", "effective", "permitted")} | {"inheritable": [], "ambient": []}
-    process["args"] = ["/usr/bin/env", "PYTHONDONTWRITEBYTECODE=1", sys.executable, "-m", "ipykernel_launcher",
-                       "-f", connection_file, "--HistoryManager.enabled=False"]
+    process["args"] = [*enter_kernel_leaf(), "/usr/bin/env", "PYTHONDONTWRITEBYTECODE=1", sys.executable, "-m",
+                       "ipykernel_launcher", "-f", connection_file, "--HistoryManager.enabled=False"]
     process["cwd"] = "/work/submission"
     process["env"] = ["PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin", "HOME=/tmp", "LANG=C.UTF-8",
                       "IPYTHONDIR=/tmp/.ipython", "JUPYTER_RUNTIME_DIR=/tmp/.jupyter-runtime",
@@ -128,19 +158,183 @@ def kernel_config(base: dict, rootfs: Path, kernel_dir: Path, slot: int, limits:
     mounts += [_tmpfs("/tmp", limits.tmp_size), _tmpfs("/work/submission", limits.work_size),
                _bind("/usr"), *(_bind(p) for p in python_paths()),
                _bind(str(kernel_dir), "/run/kernel", readonly=False)]
+    # the container's own cgroups, writable: the runtime mounts the cgroup it made (the
+    # delegated one) as the whole of /sys/fs/cgroup, and the cgroup namespace starts there
+    mounts.append({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
+                   "options": ["nosuid", "noexec", "nodev", "relatime", "rw"]})
     config["mounts"] = mounts
     linux = config["linux"]
     linux.pop("cgroupsPath", None)
+    if cgroups_path:
+        linux["cgroupsPath"] = cgroups_path
     linux["namespaces"] = [{"type": t} for t in ("user", "pid", "network", "ipc", "uts", "mount", "cgroup")]
     linux["uidMappings"] = [{"containerID": 0, "hostID": uid, "size": UID_RANGE}]
     linux["gidMappings"] = [{"containerID": 0, "hostID": uid, "size": UID_RANGE}]
     resources = linux.setdefault("resources", {})
-    resources["memory"] = {"limit": limits.memory, "swap": limits.memory}
-    resources["pids"] = {"limit": limits.pids}
-    resources["cpu"] = {"quota": int(limits.cpus * 100_000), "period": 100_000}
+    # the memory, pids and CPU limits are on the delegated cgroup's parent, which the grader
+    # made and the container can't write (DelegatedCgroup); the runtime still writes the
+    # device allow-list into the delegated cgroup, from the host, where only host root can change it
+    for key in ("memory", "pids", "cpu"):
+        resources.pop(key, None)
     # the container's network is its own loopback and nothing else (a lab may serve on
     # 127.0.0.1): the runtime brings lo up in a new network namespace, as runc does
     return config
+
+
+@dataclass
+class DelegatedCgroup:
+    """A grading container's cgroups, delegated as systemd and rootless Docker delegate them.
+
+    ``outer`` carries the grader's memory, pids and CPU limits and stays host root's, out of
+    the container's reach (its files belong to a uid the container can't act as, and its
+    cgroup namespace starts below it). ``outer/delegated`` belongs to the container's root
+    user: the runtime puts the container there, so it sees that cgroup as its whole
+    /sys/fs/cgroup and may create cgroups in it (a lab's Sandbox, run, build). The kernel
+    itself lives in ``outer/delegated/kernel``. Limits are hierarchical in both versions (v1
+    memory with use_hierarchy, pids, CFS quota), so nothing created below can use more than
+    ``outer`` allows, whatever limits it sets on itself.
+    """
+
+    outer: cgroups.Cgroup
+    uid: int
+    others: list[str] = field(default_factory=list)   # its cgroups in the hierarchies the runtime skips (join_others)
+
+    @classmethod
+    def create(cls, container_id: str, uid: int, limits: SandboxLimits) -> "DelegatedCgroup":
+        """Create the outer cgroup with the limits, then the delegated cgroup and the kernel's leaf."""
+        outer = cgroups.open_cgroup(container_id)
+        outer.create()
+        made = cls(outer, uid)
+        try:
+            outer.set_limits(cgroups.Limits(memory=limits.memory, pids=limits.pids, cpus=limits.cpus))
+            if outer.version == 2:   # the delegated cgroup gets the controllers; what it enables below is its own
+                cgroups.write_cgroup_file(os.path.join(made.outer_dirs()[0], "cgroup.subtree_control"),
+                                          " ".join(f"+{c}" for c in cgroups.V2_CONTROLLERS),
+                                          "the delegated cgroup may hand these controllers to the cgroups it creates")
+            for directory in made.dirs(DELEGATED) + made.leaf_dirs():
+                made.delegate(directory)
+            for directory in other_hierarchy_dirs(made.outer, os.path.basename(made.outer_dirs()[0])):
+                os.mkdir(directory)
+                made.others.append(directory)
+                if os.path.exists(os.path.join(directory, "cpuset.cpus")):
+                    inherit_cpuset(directory)
+        except BaseException:
+            made.remove()
+            raise
+        return made
+
+    def outer_dirs(self) -> list[str]:
+        """The outer cgroup's directory in each hierarchy (one on v2)."""
+        return list(dict.fromkeys(self.outer.paths().values()))
+
+    def dirs(self, *below: str) -> list[str]:
+        return [os.path.join(d, *below) for d in self.outer_dirs()]
+
+    def join_others(self) -> list[str]:
+        """A command prefix that moves the runtime into our cgroups of the other hierarchies first.
+
+        The runtime places the container in the hierarchies the engine uses (memory, cpu,
+        pids, freezer, devices; on v2 the one tree). In the others a v1 or hybrid host has
+        (cpuset, blkio, name=systemd, the empty v2 tree) the container's cgroup namespace
+        would start where the grader is, often the root, and a container that mounts one of
+        them would see every host cgroup's name there. Started from these empty cgroups of
+        its own (host root's, no limits), it sees nothing above them.
+        """
+        if not self.others:
+            return []
+        writes = " && ".join(f"echo $$ > {os.path.join(d, 'cgroup.procs')}" for d in self.others)
+        return ["/bin/sh", "-c", f'{writes} && exec "$@"', "join-cgroups"]
+
+    def leaf_dirs(self) -> list[str]:
+        """The kernel's leaf in each hierarchy but v1's devices: the runtime denies all devices in the
+        delegated cgroup before allowing some, and v1 refuses that in a cgroup with children (EINVAL)."""
+        devices = self.outer.paths().get("devices")
+        return [os.path.join(d, DELEGATED, KERNEL_LEAF) for d in self.outer_dirs() if d != devices]
+
+    def cgroups_path(self) -> str:
+        """linux.cgroupsPath for the runtime: the delegated cgroup, relative to the runtime's own
+        cgroup (v1, per hierarchy) or to the engine's v2 parent, where open_cgroup put ``outer``."""
+        return os.path.join(os.path.basename(self.outer_dirs()[0]), DELEGATED)
+
+    def delegate(self, directory: str) -> None:
+        """mkdir a cgroup and chown it, and the files that move processes and hand out controllers, to the
+        container's root: it may then create cgroups in it and move its own processes, not change its limits."""
+        os.mkdir(directory)
+        files = V2_DELEGATED_FILES if self.outer.version == 2 else V1_DELEGATED_FILES
+        for path in [directory, *(os.path.join(directory, f) for f in files)]:
+            if os.path.exists(path):   # cgroup.threads only where the kernel has threaded cgroups
+                os.chown(path, self.uid, self.uid)
+
+    def kill_all(self) -> None:
+        """SIGKILL every process anywhere below the outer cgroup; wait until none is left."""
+        deadline = time.monotonic() + CGROUP_EMPTY_TIMEOUT
+        while pids := self.pids():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"processes {pids} survived SIGKILL in {self.outer_dirs()}: look for D state")
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.005)
+
+    def pids(self) -> list[int]:
+        found: set[int] = set()
+        for top in self.outer_dirs() + self.others:
+            for directory, _, _ in os.walk(top):
+                try:
+                    found.update(int(p) for p in Path(directory, "cgroup.procs").read_text().split())
+                except FileNotFoundError:
+                    pass
+        return sorted(found)
+
+    def remove_below(self, directory_name: str = DELEGATED) -> None:
+        """rmdir every cgroup below ``outer/<directory_name>`` (those a lab made too), deepest first."""
+        for top in self.dirs(directory_name):
+            for directory, children, _ in os.walk(top, topdown=False):
+                for child in children:
+                    _rmdir_cgroup(os.path.join(directory, child))
+
+    def remove(self) -> None:
+        """Kill what is left, then remove the whole tree, the outer cgroup last."""
+        self.kill_all()
+        self.remove_below()
+        for directory in self.dirs(DELEGATED) + self.others:
+            _rmdir_cgroup(directory)
+        self.outer.remove()
+
+
+def other_hierarchy_dirs(outer: cgroups.Cgroup, name: str) -> list[str]:
+    """Where a cgroup ``name`` goes, under the grader's own cgroup, in each mounted hierarchy ``outer`` isn't in."""
+    own = cgroups.read_own_cgroups()
+    used = {os.path.relpath(d, cgroups.DEFAULT_ROOT).split("/")[0] for d in outer.paths().values()}
+    dirs = []
+    for mount in cgroups.read_mounts():
+        if mount.fstype not in ("cgroup", "cgroup2") or os.path.dirname(mount.mount_point) != cgroups.DEFAULT_ROOT:
+            continue
+        if os.path.basename(mount.mount_point) in used:
+            continue
+        keys = [""] if mount.fstype == "cgroup2" else [o for o in mount.super_options if o in own]
+        path = own.get(keys[0], "/") if keys else "/"
+        if mount.root != "/" and (path + "/").startswith(mount.root.rstrip("/") + "/"):
+            path = path[len(mount.root):] or "/"
+        dirs.append(os.path.join(mount.mount_point, path.lstrip("/"), name))
+    return dirs
+
+
+def _rmdir_cgroup(path: str) -> None:
+    """rmdir an empty cgroup; a task that was just killed may take a moment to leave it."""
+    deadline = time.monotonic() + CGROUP_EMPTY_TIMEOUT
+    while True:
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 class ContainerKernelManager(AsyncKernelManager):
@@ -150,12 +344,13 @@ class ContainerKernelManager(AsyncKernelManager):
     when Sandbox.remove deletes the container, with everything it started.
     """
 
-    def __init__(self, *, bundle: Path, container_id: str, runtime_root: Path, kernel_dir: Path, **kw):
+    def __init__(self, *, bundle: Path, container_id: str, runtime_root: Path, kernel_dir: Path,
+                 prefix: list[str] | None = None, **kw):
         super().__init__(transport="ipc", ip=str(kernel_dir / "k"), **kw)
         self.bundle, self.container_id, self.runtime_root = bundle, container_id, runtime_root
         self.connection_file = str(kernel_dir / "host-connection.json")
-        self._kernel_spec = KernelSpec(argv=[*runtime_command(), "--root", str(runtime_root), "run", "-b",
-                                             str(bundle), container_id],
+        self._kernel_spec = KernelSpec(argv=[*(prefix or []), *runtime_command(), "--root", str(runtime_root), "run",
+                                             "-b", str(bundle), container_id],
                                        display_name="grading sandbox", language="python",
                                        interrupt_mode="message", env={})
 
@@ -204,6 +399,7 @@ class Sandbox:
     container_id: str
     runtime_root: Path
     slot: int
+    cgroup: DelegatedCgroup | None = None
 
     @classmethod
     def prepare(cls, base_config: dict, rootfs: Path, workspace: Path, runtime_root: Path, slot: int,
@@ -218,20 +414,36 @@ class Sandbox:
         # tmpfs of its own, so writing into it can't fill the grader's disk
         subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={KERNEL_DIR_SIZE},mode=0700,uid={uid},gid={uid},"
                         "nosuid,nodev,noexec", "grading-kernel", str(kernel_dir)], check=True, capture_output=True)
-        config = kernel_config(base_config, rootfs, kernel_dir, slot, limits, "/run/kernel/connection.json")
-        (bundle / "config.json").write_text(json.dumps(config, indent=1))
-        return cls(bundle, kernel_dir, container_id, runtime_root, slot)
+        sandbox = cls(bundle, kernel_dir, container_id, runtime_root, slot)
+        try:
+            sandbox.cgroup = DelegatedCgroup.create(container_id, uid, limits)
+            config = kernel_config(base_config, rootfs, kernel_dir, slot, limits, "/run/kernel/connection.json",
+                                   sandbox.cgroup.cgroups_path())
+            (bundle / "config.json").write_text(json.dumps(config, indent=1))
+        except BaseException:
+            sandbox.remove()
+            raise
+        return sandbox
 
     def kernel_manager(self) -> ContainerKernelManager:
         km = ContainerKernelManager(bundle=self.bundle, container_id=self.container_id,
-                                    runtime_root=self.runtime_root, kernel_dir=self.kernel_dir)
+                                    runtime_root=self.runtime_root, kernel_dir=self.kernel_dir,
+                                    prefix=self.cgroup.join_others() if self.cgroup else [])
         km.container_uid = UID_BASE + self.slot * UID_RANGE
         return km
 
     def remove(self) -> None:
-        """Delete the container (and every process in it), unmount its socket directory, remove the bundle."""
+        """Delete the container (and every process in it) and its cgroups, unmount its socket directory, remove the
+        bundle."""
+        if self.cgroup is not None:
+            # the runtime removes only the cgroup it put the container in: first everything
+            # below it goes (the kernel's leaf, whatever a lab left), with every process in them
+            self.cgroup.kill_all()
+            self.cgroup.remove_below()
         subprocess.run([*runtime_command(), "--root", str(self.runtime_root), "delete", "-f", self.container_id],
                        capture_output=True)
+        if self.cgroup is not None:
+            self.cgroup.remove()
         subprocess.run(["umount", "-l", str(self.kernel_dir)], capture_output=True)
         shutil.rmtree(self.bundle, ignore_errors=True)
 

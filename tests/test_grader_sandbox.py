@@ -167,3 +167,86 @@ def test_a_lab_whose_reference_solution_fails_in_the_container_is_refused_before
                                           r"there \(toy-setup: FileNotFoundError"):
         autograde(Lab("99-toy", folder), tmp_path / "in", tmp_path / "out")
     assert not (tmp_path / "out" / "grades.csv").exists()
+
+
+# Run inside a grading container: try to raise the grader's limits, look past the delegated
+# cgroup, and outgrow the memory limit from a child cgroup with a limit of its own.
+CGROUP_PROBE = r'''
+import json, os, subprocess
+cg = "/sys/fs/cgroup"
+v2 = os.path.exists(f"{cg}/cgroup.controllers")
+def try_write(path, value):
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+        return "written"
+    except OSError as exc:
+        return type(exc).__name__
+R = {"v2": v2, "own": open("/proc/self/cgroup").read().split()}
+mem = cg if v2 else f"{cg}/memory"
+limits = ({"memory.max": "max", "pids.max": "max", "cpu.max": "max 100000"} if v2 else
+          {"memory/memory.limit_in_bytes": "-1", "memory/memory.memsw.limit_in_bytes": "-1",
+           "pids/pids.max": "max", "cpu/cpu.cfs_quota_us": "-1"})
+R["raise_delegated_limits"] = {f: try_write(f"{cg}/{f}", v) for f, v in limits.items()}
+R["parent_reachable"] = [p for p in (f"{mem}/../memory.limit_in_bytes", f"{mem}/../memory.max",
+                                     f"{mem}/../cgroup.procs") if os.path.exists(p)]
+# every hierarchy mounted afresh shows only the container's own cgroups
+fresh = {}
+for line in R["own"]:
+    _, controllers, _ = line.split(":", 2)
+    where = f"/tmp/fresh-{len(fresh)}"
+    os.makedirs(where, exist_ok=True)
+    if controllers:
+        options = controllers if not controllers.startswith("name=") else f"none,{controllers}"
+        done = subprocess.run(["mount", "-t", "cgroup", "-o", options, "cgroup", where], capture_output=True)
+    else:
+        done = subprocess.run(["mount", "-t", "cgroup2", "cgroup2", where], capture_output=True)
+    fresh[controllers or "unified"] = sorted(d for _, dirs, _ in os.walk(where) for d in dirs) \
+        if done.returncode == 0 else "not mounted: " + done.stderr.decode().strip()
+R["fresh"] = fresh
+# a child cgroup may set itself a higher limit, but the grader's still holds
+own = {c: path for _, cs, path in (l.split(":", 2) for l in R["own"]) for c in (cs.split(",") if cs else [""])}
+own_memory = own["" if v2 else "memory"]
+if v2:
+    try_write(f"{cg}/cgroup.subtree_control", "+memory")
+    hog = f"{cg}/hog"
+else:
+    hog = f"{mem}{own_memory}/hog"
+os.makedirs(hog, exist_ok=True)
+R["hog_limit"] = try_write(f"{hog}/memory.max" if v2 else f"{hog}/memory.limit_in_bytes", str(8 << 30))
+done = subprocess.run(["/bin/sh", "-c", f'echo $$ > {hog}/cgroup.procs && exec "$0" -c "x = b\'x\' * (600 << 20)"',
+                       __import__("sys").executable])
+R["hog_returncode"] = done.returncode
+R["own_after"] = open("/proc/self/cgroup").read().split()
+print("CGROUPS " + json.dumps(R))
+'''
+
+
+def test_the_kernel_gets_a_delegated_cgroup_but_can_neither_raise_the_graders_limits_nor_see_past_it(tmp_path):
+    from grading.container import SandboxLimits
+
+    lab = find_lab(LAB)
+    source = read_notebook(lab.source)
+    probe = json.loads(json.dumps(source))
+    probe["cells"].insert(1, {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+                              "source": CGROUP_PROBE})
+    with GradingEnvironment(SandboxLimits(memory=384 * 2**20)) as env:
+        result, ran = grade_notebook(source, probe, student="probe", lab=LAB, runner=env.runner(0),
+                                     limits=Limits(cell_timeout=60, notebook_timeout=180))
+    text = "".join(o.get("text", "") for c in ran.cells for o in c.get("outputs", []))
+    [line] = [ln for ln in text.splitlines() if ln.startswith("CGROUPS ")]
+    got = json.loads(line[len("CGROUPS "):])
+    assert set(got["raise_delegated_limits"].values()) == {"PermissionError"}, \
+        f"the delegated cgroup's own limit files belong to the host: {got['raise_delegated_limits']}"
+    assert got["parent_reachable"] == [], "nothing above the delegated cgroup is in the container's /sys/fs/cgroup"
+    for hierarchy, dirs in got["fresh"].items():
+        assert isinstance(dirs, list), f"{hierarchy}: {dirs}"
+        assert set(dirs) <= {"kernel", "hog"}, \
+            f"a freshly mounted {hierarchy} hierarchy shows only the container's own cgroups, not the host's: {dirs}"
+    assert got["hog_limit"] == "written", "a cgroup the container made is its own: it may set any limit on it"
+    assert got["hog_returncode"] == -9, \
+        "600 MiB in a child cgroup with an 8 GiB limit is still OOM-killed: the grader's 384 MiB bounds it"
+    assert not any("/.." in line for line in got["own"] + got["own_after"]), \
+        "the kernel never sits outside the delegated subtree (/proc/self/cgroup would show /..)"
+    assert any(line.endswith(":/kernel") for line in got["own"]), "the kernel lives in its leaf"
+    assert result.score == sum(FULL.values()) and not result.problem, "the probe cost the kernel nothing"

@@ -36,7 +36,8 @@ if TYPE_CHECKING:  # importing typing at run time would slow the CLI's start-up
 
 from ..errors import InvalidArgument, KernelError, MinicontainerError, NotRootError
 from ..trace import Step, is_planning
-from .devices import DEFAULT_RULES, DeviceRule, attach_device_program, device_program
+from .devices import (DEFAULT_RULES, DeviceRule, attach_device_program, device_program, in_initial_user_namespace,
+                      skip_device_cgroup)
 
 
 DEFAULT_ROOT = "/sys/fs/cgroup"
@@ -296,6 +297,20 @@ def _remove_cgroup_dir(path: str, why: str, timeout: float | None = None) -> Non
         if exc.errno == errno.EBUSY:
             hint += ": it still holds processes or child cgroups; kill them first"
         raise KernelError("cgroup_remove", exc.errno or 0, hint) from None
+
+
+def remove_child_cgroups(directory: str) -> None:
+    """rmdir every cgroup below ``directory``, deepest first, as runc removes a container's cgroup.
+
+    A delegated cgroup gets children its user made (a grading container's own containers);
+    the kernel won't rmdir a cgroup that has any, even once no process is left in them.
+    """
+    if is_planning() or not os.path.isdir(directory):
+        return
+    for parent, children, _ in os.walk(directory, topdown=False):
+        for child in children:
+            _remove_cgroup_dir(os.path.join(parent, child), "a cgroup with child cgroups can't be removed: "
+                                                            "the children go first")
 
 
 def _procs_in(directory: str) -> list[int]:
@@ -573,6 +588,9 @@ class V1Cgroup(Cgroup):
 
     def allow_devices(self, rules: tuple[DeviceRule, ...] = DEFAULT_RULES) -> None:
         devices = self._dir("devices")
+        if not in_initial_user_namespace():
+            skip_device_cgroup(devices)
+            return
         write_cgroup_file(f"{devices}/devices.deny", "a", "first deny every device to the cgroup's processes",
                           name="cgroup_devices")
         for rule in rules:
@@ -805,6 +823,9 @@ class V2Cgroup(Cgroup):
                               "fork() fails with EAGAIN once the cgroup holds this many tasks")
 
     def allow_devices(self, rules: tuple[DeviceRule, ...] = DEFAULT_RULES) -> None:
+        if not in_initial_user_namespace():
+            skip_device_cgroup(self.dir)
+            return
         program = device_program(rules)
         step = Step(name="cgroup_devices",
                     call=f"bpf(BPF_PROG_LOAD, BPF_PROG_TYPE_CGROUP_DEVICE, {len(program)} instructions); "

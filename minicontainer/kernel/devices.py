@@ -20,6 +20,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import KernelError
+from ..trace import Step
 from .syscalls import libc
 
 @dataclass(frozen=True)
@@ -34,6 +35,30 @@ class DeviceRule:
     def __str__(self) -> str:
         number = lambda n: "*" if n < 0 else str(n)  # noqa: E731
         return f"{self.kind} {number(self.major)}:{number(self.minor)} {self.access}"
+
+
+INITIAL_UID_MAP = "0 0 4294967295"   # the host's user namespace maps every uid to itself
+
+
+def in_initial_user_namespace(uid_map: str = "/proc/self/uid_map") -> bool:
+    """True in the host's (initial) user namespace, whose uid_map maps all 2**32 - 1 uids to themselves.
+
+    Any other user namespace ("rootless", or a container's) maps a range of its own; there
+    the kernel refuses the device cgroup even to its root: devices.allow/deny and attaching
+    a BPF_PROG_TYPE_CGROUP_DEVICE program need CAP_SYS_ADMIN in the initial namespace.
+    """
+    with open(uid_map) as f:
+        return " ".join(f.read().split()) == INITIAL_UID_MAP
+
+
+def skip_device_cgroup(target: str) -> Step:
+    """Record that the device allow-list of ``target`` is left unset in a user namespace, and why that is safe."""
+    step = Step(name="cgroup_devices_skipped", call=f"(no device allow-list for {target})",
+                shell="# skipped: in a user namespace the kernel refuses devices.deny and device BPF programs",
+                why="in a user namespace mknod is refused whatever the cgroup says, and the device allow-list "
+                    "of the outer container (set from the host) still bounds every cgroup below it")
+    step.do(lambda: "skipped: not in the initial user namespace")
+    return step
 
 
 # runc's and Docker's default allow-list: any device node may be *created* (mknod: "m"),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..errors import InvalidArgument
 from ..trace import Step
 from . import syscalls as sc
+from .devices import in_initial_user_namespace
 
 
 @dataclass(frozen=True)
@@ -160,10 +161,13 @@ def mount_sys(rootfs: str, readonly: bool = True) -> Step:
 DEVICES = {"null": (1, 3), "zero": (1, 5), "full": (1, 7), "random": (1, 8), "urandom": (1, 9), "tty": (5, 0)}
 
 
-def _populate_dev(dev: str) -> None:
+def _populate_dev(dev: str, bind_nodes: bool = False) -> None:
     _ensure_mountpoint(dev, True)
     sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID, "mode=755,size=65536k")
     for name, (major, minor) in DEVICES.items():
+        if bind_nodes:
+            _bind_device_node(name, f"{dev}/{name}")
+            continue
         os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
         os.chmod(f"{dev}/{name}", 0o666)  # mknod honours the umask
     os.mkdir(f"{dev}/pts", 0o755)
@@ -175,14 +179,34 @@ def _populate_dev(dev: str) -> None:
         os.symlink(target, f"{dev}/{link}")
 
 
+def _bind_device_node(name: str, target: str) -> None:
+    """Bind our own /dev/<name> onto an empty file at ``target`` (a device node, without mknod)."""
+    with open(target, "x"):
+        pass
+    sc.mount(f"/dev/{name}", target, None, sc.MS_BIND)
+
+
 def mount_dev(rootfs: str) -> Step:
-    """A minimal /dev: a tmpfs with null, zero, full, random, urandom, tty, pts and shm."""
+    """A minimal /dev: a tmpfs with null, zero, full, random, urandom, tty, pts and shm.
+
+    In a user namespace other than the host's, the kernel refuses mknod of any device, even
+    to that namespace's root; there the nodes are bind mounts of our own /dev's, as rootless
+    runc makes them.
+    """
     dev = _inside(rootfs, "/dev")
-    step = Step("mount_dev", call=f'mount("tmpfs", "{dev}", "tmpfs"); mknod null 1:3, zero 1:5, full 1:7, '
-                                  f'random 1:8, urandom 1:9, tty 5:0; mount devpts on pts, tmpfs on shm',
-                shell=f"mount -t tmpfs tmpfs {dev} && mknod -m 666 {dev}/null c 1 3 && …",
-                why="the container gets only the safe devices, never the host's disks")
-    step.do(_populate_dev, dev, evidence=lambda: {"/dev": " ".join(sorted(os.listdir(dev)))})
+    bind_nodes = not in_initial_user_namespace()
+    if bind_nodes:
+        step = Step("mount_dev", call=f'mount("tmpfs", "{dev}", "tmpfs"); bind /dev/null, zero, full, random, '
+                                      f'urandom, tty onto empty files; mount devpts on pts, tmpfs on shm',
+                    shell=f"mount -t tmpfs tmpfs {dev} && touch {dev}/null && mount --bind /dev/null {dev}/null && …",
+                    why="in a user namespace mknod is refused (EPERM), so the safe devices are bind mounts of "
+                        "the ones this process already has, never the host's disks")
+    else:
+        step = Step("mount_dev", call=f'mount("tmpfs", "{dev}", "tmpfs"); mknod null 1:3, zero 1:5, full 1:7, '
+                                      f'random 1:8, urandom 1:9, tty 5:0; mount devpts on pts, tmpfs on shm',
+                    shell=f"mount -t tmpfs tmpfs {dev} && mknod -m 666 {dev}/null c 1 3 && …",
+                    why="the container gets only the safe devices, never the host's disks")
+    step.do(_populate_dev, dev, bind_nodes, evidence=lambda: {"/dev": " ".join(sorted(os.listdir(dev)))})
     return step
 
 

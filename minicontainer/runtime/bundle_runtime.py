@@ -128,7 +128,11 @@ def destroy(container: Container) -> None:
         sigkill(container.record.init_pid)
     cgroup = container.cgroup()
     if cgroup is not None:
+        from ..kernel.cgroups import remove_child_cgroups
+
         cgroup.kill_all()
+        for directory in dict.fromkeys(cgroup.paths().values()):
+            remove_child_cgroups(directory)   # a delegated cgroup may have children (runc removes them too)
         cgroup.remove()
         for parent in reversed(container.record.cgroup_parents):
             try:
