@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 
 import pytest
 
@@ -222,18 +223,8 @@ print("CGROUPS " + json.dumps(R))
 '''
 
 
-def test_the_kernel_gets_a_delegated_cgroup_but_can_neither_raise_the_graders_limits_nor_see_past_it(tmp_path):
-    from grading.container import SandboxLimits
-
-    lab = find_lab(LAB)
-    source = read_notebook(lab.source)
-    probe = json.loads(json.dumps(source))
-    probe["cells"].insert(1, {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
-                              "source": CGROUP_PROBE})
-    with GradingEnvironment(SandboxLimits(memory=384 * 2**20)) as env:
-        result, ran = grade_notebook(source, probe, student="probe", lab=LAB, runner=env.runner(0),
-                                     limits=Limits(cell_timeout=60, notebook_timeout=180))
-    text = "".join(o.get("text", "") for c in ran.cells for o in c.get("outputs", []))
+def assert_cgroup_probe(text: str) -> None:
+    """What CGROUP_PROBE printed shows a delegated cgroup that holds."""
     [line] = [ln for ln in text.splitlines() if ln.startswith("CGROUPS ")]
     got = json.loads(line[len("CGROUPS "):])
     assert set(got["raise_delegated_limits"].values()) == {"PermissionError"}, \
@@ -249,4 +240,39 @@ def test_the_kernel_gets_a_delegated_cgroup_but_can_neither_raise_the_graders_li
     assert not any("/.." in line for line in got["own"] + got["own_after"]), \
         "the kernel never sits outside the delegated subtree (/proc/self/cgroup would show /..)"
     assert any(line.endswith(":/kernel") for line in got["own"]), "the kernel lives in its leaf"
+
+
+def test_the_kernel_gets_a_delegated_cgroup_but_can_neither_raise_the_graders_limits_nor_see_past_it(tmp_path):
+    from grading.container import SandboxLimits
+
+    lab = find_lab(LAB)
+    source = read_notebook(lab.source)
+    probe = json.loads(json.dumps(source))
+    probe["cells"].insert(1, {"cell_type": "code", "metadata": {}, "execution_count": None, "outputs": [],
+                              "source": CGROUP_PROBE})
+    with GradingEnvironment(SandboxLimits(memory=384 * 2**20)) as env:
+        result, ran = grade_notebook(source, probe, student="probe", lab=LAB, runner=env.runner(0),
+                                     limits=Limits(cell_timeout=60, notebook_timeout=180))
+    text = "".join(o.get("text", "") for c in ran.cells for o in c.get("outputs", []))
+    assert_cgroup_probe(text)
     assert result.score == sum(FULL.values()) and not result.problem, "the probe cost the kernel nothing"
+
+
+@pytest.mark.v2
+def test_the_delegated_cgroup_holds_when_the_runtime_runs_the_probe_without_jupyter():
+    """The same probe as the container's first process, no kernel: light enough for the v2 guest."""
+    from grading.container import SandboxLimits, enter_kernel_leaf, runtime_command
+
+    with GradingEnvironment(SandboxLimits(memory=384 * 2**20)) as env:
+        sandbox = env.sandbox(0)
+        try:
+            config = json.loads((sandbox.bundle / "config.json").read_text())
+            config["process"]["args"] = [*enter_kernel_leaf(), sys.executable, "-c", CGROUP_PROBE]
+            (sandbox.bundle / "config.json").write_text(json.dumps(config))
+            done = subprocess.run([*sandbox.cgroup.join_others(), *runtime_command(), "--root",
+                                   str(sandbox.runtime_root), "run", "-b", str(sandbox.bundle), sandbox.container_id],
+                                  capture_output=True, text=True)
+        finally:
+            sandbox.remove()
+    assert done.returncode == 0, done.stderr
+    assert_cgroup_probe(done.stdout)
