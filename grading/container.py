@@ -228,6 +228,7 @@ class DelegatedCgroup:
         return list(dict.fromkeys(self.outer.paths().values()))
 
     def dirs(self, *below: str) -> list[str]:
+        """A path below the outer cgroup, in each hierarchy."""
         return [os.path.join(d, *below) for d in self.outer_dirs()]
 
     def join_others(self) -> list[str]:
@@ -279,6 +280,7 @@ class DelegatedCgroup:
             time.sleep(0.005)
 
     def pids(self) -> list[int]:
+        """Every process in the container's cgroups and below them, as host pids."""
         found: set[int] = set()
         for top in self.outer_dirs() + self.others:
             for directory, _, _ in os.walk(top):
@@ -288,18 +290,17 @@ class DelegatedCgroup:
                     pass
         return sorted(found)
 
-    def remove_below(self, directory_name: str = DELEGATED) -> None:
-        """rmdir every cgroup below ``outer/<directory_name>`` (those a lab made too), deepest first."""
-        for top in self.dirs(directory_name):
-            for directory, children, _ in os.walk(top, topdown=False):
-                for child in children:
-                    _rmdir_cgroup(os.path.join(directory, child))
+    def remove_below(self) -> None:
+        """rmdir every cgroup below the delegated one (the kernel's leaf, those a lab made), deepest first."""
+        for top in self.dirs(DELEGATED):
+            cgroups.remove_child_cgroups(top)
 
     def remove(self) -> None:
         """Kill what is left, then remove the whole tree, the outer cgroup last."""
         self.kill_all()
-        self.remove_below()
-        for directory in self.dirs(DELEGATED) + self.others:
+        for top in self.outer_dirs():
+            cgroups.remove_child_cgroups(top)    # the delegated cgroup and all below it
+        for directory in self.others:
             _rmdir_cgroup(directory)
         self.outer.remove()
 
