@@ -276,3 +276,26 @@ def test_the_delegated_cgroup_holds_when_the_runtime_runs_the_probe_without_jupy
             sandbox.remove()
     assert done.returncode == 0, done.stderr
     assert_cgroup_probe(done.stdout)
+
+
+def test_the_kernels_config_leaves_the_limits_to_the_graders_cgroup_and_mounts_the_delegated_one_writable():
+    from pathlib import Path
+
+    from grading.container import DELEGATED, SandboxLimits, default_config, enter_kernel_leaf, kernel_config
+
+    config = kernel_config(default_config(), Path("/rootfs"), Path("/kernel-dir"), 0, SandboxLimits(),
+                           "/run/kernel/connection.json", f"minicontainer-grading-x/{DELEGATED}")
+    linux = config["linux"]
+    assert linux["cgroupsPath"] == "minicontainer-grading-x/delegated", \
+        "the runtime puts the container in the delegated cgroup"
+    assert set(linux["resources"]) == {"devices"}, \
+        "no memory, pids or CPU limit on the delegated cgroup (the container owns it): they are on its parent"
+    assert any(rule.get("allow") is False and rule.get("access") == "rwm" for rule in linux["resources"]["devices"]), \
+        "the runtime still sets the device allow-list on the delegated cgroup, from the host"
+    assert {"type": "cgroup"} in linux["namespaces"], "a cgroup namespace: nothing above the delegated cgroup shows"
+    [cgroup_mount] = [m for m in config["mounts"] if m["destination"] == "/sys/fs/cgroup"]
+    assert cgroup_mount["type"] == "cgroup" and "rw" in cgroup_mount["options"]
+    assert config["process"]["args"][:len(enter_kernel_leaf())] == enter_kernel_leaf(), "the kernel moves to its leaf"
+    caps = set(config["process"]["capabilities"]["bounding"])
+    assert {"CAP_SYS_ADMIN", "CAP_NET_ADMIN"} <= caps and not caps & {"CAP_SYS_MODULE", "CAP_SYS_PTRACE",
+                                                                         "CAP_SYS_RAWIO", "CAP_SYS_BOOT"}
