@@ -258,9 +258,13 @@ def test_the_kernel_gets_a_delegated_cgroup_but_can_neither_raise_the_graders_li
     assert result.score == sum(FULL.values()) and not result.problem, "the probe cost the kernel nothing"
 
 
-@pytest.mark.v2
 def test_the_delegated_cgroup_holds_when_the_runtime_runs_the_probe_without_jupyter():
-    """The same probe as the container's first process, no kernel: light enough for the v2 guest."""
+    """The same probe as the container's first process, no kernel.
+
+    Not marked v2 yet: in the v2 guest the grading container does not start (its init's
+    mount on / fails with EPERM there, where / is the host's filesystem shared into qemu),
+    so the v2 delegation is still unproven; see grading/README.md.
+    """
     from grading.container import SandboxLimits, enter_kernel_leaf, runtime_command
 
     with GradingEnvironment(SandboxLimits(memory=384 * 2**20)) as env:

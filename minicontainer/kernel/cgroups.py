@@ -295,8 +295,16 @@ def _remove_cgroup_dir(path: str, why: str, timeout: float | None = None) -> Non
     except OSError as exc:
         hint = f"rmdir {path}"
         if exc.errno == errno.EBUSY:
-            hint += ": it still holds processes or child cgroups; kill them first"
+            hint += f": it still holds {_what_is_left(path)}; kill them first"
         raise KernelError("cgroup_remove", exc.errno or 0, hint) from None
+
+
+def _what_is_left(path: str) -> str:
+    """The processes and child cgroups that keep a cgroup from being removed, for the error message."""
+    children = sorted(e.name for e in os.scandir(path) if e.is_dir()) if os.path.isdir(path) else []
+    procs = _procs_in(path)
+    parts = ([f"processes {procs[:5]}"] if procs else []) + ([f"child cgroups {children[:5]}"] if children else [])
+    return " and ".join(parts) or "no process or child cgroup any more (a process may still be exiting)"
 
 
 def remove_child_cgroups(directory: str) -> None:

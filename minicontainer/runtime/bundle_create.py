@@ -137,9 +137,12 @@ def set_up_cgroup(config: BundleConfig, cgroup: Cgroup, parents: list[str]) -> N
         if config.devices is not None:
             cgroup.allow_devices(config.devices)
     except BaseException:
-        cgroup.remove()
-        for parent in reversed(made):
-            os.rmdir(parent)
+        try:
+            cgroup.remove()
+            for parent in reversed(made):
+                os.rmdir(parent)
+        except (MinicontainerError, OSError):
+            pass   # the error that stopped the setup is the one to report, not a failed clean-up after it
         raise
 
 
@@ -303,10 +306,13 @@ def create(root: str, container_id: str, bundle: str, pid_file: str | None = Non
         if init_pid:
             sigkill(init_pid)
         if cgroup is not None:
-            cgroup.kill_all()
-            cgroup.remove()
-            for parent in reversed(parents):
-                os.rmdir(parent)
+            try:
+                cgroup.kill_all()
+                cgroup.remove()
+                for parent in reversed(parents):
+                    os.rmdir(parent)
+            except (MinicontainerError, OSError):
+                pass   # report what stopped the create, not a failed clean-up after it
         if os.path.exists(os.path.join(state_dir, "state.json")):
             release_host_mounts(container.record)
         shutil.rmtree(state_dir, ignore_errors=True)
