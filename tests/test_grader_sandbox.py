@@ -258,13 +258,9 @@ def test_the_kernel_gets_a_delegated_cgroup_but_can_neither_raise_the_graders_li
     assert result.score == sum(FULL.values()) and not result.problem, "the probe cost the kernel nothing"
 
 
+@pytest.mark.v2
 def test_the_delegated_cgroup_holds_when_the_runtime_runs_the_probe_without_jupyter():
-    """The same probe as the container's first process, no kernel.
-
-    Not marked v2 yet: in the v2 guest the grading container does not start (its init's
-    mount on / fails with EPERM there, where / is the host's filesystem shared into qemu),
-    so the v2 delegation is still unproven; see grading/README.md.
-    """
+    """The same probe as the container's first process, no kernel: light enough for the v2 guest."""
     from grading.container import SandboxLimits, enter_kernel_leaf, runtime_command
 
     with GradingEnvironment(SandboxLimits(memory=384 * 2**20)) as env:
@@ -303,3 +299,41 @@ def test_the_kernels_config_leaves_the_limits_to_the_graders_cgroup_and_mounts_t
     caps = set(config["process"]["capabilities"]["bounding"])
     assert {"CAP_SYS_ADMIN", "CAP_NET_ADMIN"} <= caps and not caps & {"CAP_SYS_MODULE", "CAP_SYS_PTRACE",
                                                                          "CAP_SYS_RAWIO", "CAP_SYS_BOOT"}
+
+
+@pytest.mark.v2
+def test_the_container_starts_when_its_rootfs_lies_on_a_nosuid_nodev_tmpfs(monkeypatch):
+    """A tmpfs /tmp (Debian 13's default, and the v2 guest's) is mounted nosuid,nodev. In the
+    container's user namespace those flags are locked, so remounting / read-only must repeat
+    them; the retry that does so never ran (it caught OSError, and mount raises KernelError),
+    and every grading container failed with "mount on / failed: EPERM"."""
+    import tempfile
+
+    from grading.container import runtime_command
+    from minicontainer.kernel import syscalls
+
+    from pathlib import Path
+
+    # not under tmp_path: pytest makes that 0700, and the container's root is an unprivileged host uid
+    scratch = Path(tempfile.mkdtemp(prefix="mc-nosuid-", dir="/var/tmp"))
+    scratch.chmod(0o755)
+    syscalls.mount("tmpfs", str(scratch), "tmpfs", syscalls.MS_NOSUID | syscalls.MS_NODEV, "size=64m,mode=755")
+    try:
+        monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+        with GradingEnvironment() as env:
+            sandbox = env.sandbox(0)
+            try:
+                assert str(sandbox.bundle).startswith(str(scratch)), "the bundle should be on the nosuid tmpfs"
+                config = json.loads((sandbox.bundle / "config.json").read_text())
+                assert config["root"]["readonly"], "the case is a read-only root"
+                config["process"]["args"] = ["/usr/bin/true"]
+                (sandbox.bundle / "config.json").write_text(json.dumps(config))
+                done = subprocess.run([*sandbox.cgroup.join_others(), *runtime_command(), "--root",
+                                       str(sandbox.runtime_root), "run", "-b", str(sandbox.bundle),
+                                       sandbox.container_id], capture_output=True, text=True)
+            finally:
+                sandbox.remove()
+        assert done.returncode == 0, done.stderr
+    finally:
+        syscalls.umount2(str(scratch), syscalls.MNT_DETACH)
+        scratch.rmdir()

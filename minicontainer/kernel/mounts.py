@@ -267,6 +267,7 @@ def mask_paths(paths: tuple[str, ...] = MASKED_PATHS) -> Step:
     return step
 
 
+MS_STRICTATIME = 1 << 24
 _STATVFS_FLAGS = {os.ST_NOSUID: sc.MS_NOSUID, os.ST_NODEV: sc.MS_NODEV, os.ST_NOEXEC: sc.MS_NOEXEC,
                   os.ST_NOATIME: sc.MS_NOATIME, os.ST_NODIRATIME: 2048, os.ST_RELATIME: 1 << 21}
 
@@ -274,7 +275,12 @@ _STATVFS_FLAGS = {os.ST_NOSUID: sc.MS_NOSUID, os.ST_NODEV: sc.MS_NODEV, os.ST_NO
 def current_mount_flags(path: str) -> int:
     """The MS_* flags the mount holding ``path`` has now (statvfs's f_flag, translated)."""
     flags = os.statvfs(path).f_flag
-    return sum(ms for st, ms in _STATVFS_FLAGS.items() if flags & st)
+    ms_flags = sum(ms for st, ms in _STATVFS_FLAGS.items() if flags & st)
+    if not flags & (os.ST_NOATIME | os.ST_RELATIME):
+        # strictatime shows as no flag at all, but a remount without MS_STRICTATIME means
+        # relatime, which the kernel refuses where the atime flags are locked (a user namespace)
+        ms_flags |= MS_STRICTATIME
+    return ms_flags
 
 
 def readonly_paths(paths: tuple[str, ...] = READONLY_PATHS) -> Step:

@@ -22,7 +22,7 @@ import resource
 import signal
 import stat
 
-from ..errors import MinicontainerError
+from ..errors import KernelError, MinicontainerError
 from ..kernel import mounts, namespaces, security, syscalls as sc
 from ..trace import Step
 from .sealed_exec import exec_sealed
@@ -300,7 +300,7 @@ def remount(target: str, flags: int) -> None:
     """Remount a bind mount with ``flags``; in a user namespace, keeping the flags the kernel locked."""
     try:
         sc.mount(None, target, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
-    except OSError as exc:
+    except (OSError, KernelError) as exc:   # sc.mount raises KernelError, which carries the errno too
         if exc.errno != errno.EPERM:
             raise
         # a mount that came from a more privileged namespace has its nosuid, nodev,
