@@ -22,7 +22,6 @@ default seccomp profile, masked and read-only paths, the device allow-list), plu
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -290,18 +289,13 @@ class DelegatedCgroup:
                     pass
         return sorted(found)
 
-    def remove_below(self) -> None:
-        """rmdir every cgroup below the delegated one (the kernel's leaf, those a lab made), deepest first."""
-        for top in self.dirs(DELEGATED):
-            cgroups.remove_child_cgroups(top)
-
     def remove(self) -> None:
         """Kill what is left, then remove the whole tree, the outer cgroup last."""
         self.kill_all()
         for top in self.outer_dirs():
             cgroups.remove_child_cgroups(top)    # the delegated cgroup and all below it
         for directory in self.others:
-            _rmdir_cgroup(directory)
+            cgroups.remove_cgroup_dir(directory, "the runtime's empty cgroup in a hierarchy it doesn't use")
         self.outer.remove()
 
 
@@ -321,21 +315,6 @@ def other_hierarchy_dirs(outer: cgroups.Cgroup, name: str) -> list[str]:
             path = path[len(mount.root):] or "/"
         dirs.append(os.path.join(mount.mount_point, path.lstrip("/"), name))
     return dirs
-
-
-def _rmdir_cgroup(path: str) -> None:
-    """rmdir an empty cgroup; a task that was just killed may take a moment to leave it."""
-    deadline = time.monotonic() + CGROUP_EMPTY_TIMEOUT
-    while True:
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                raise
-            time.sleep(0.005)
 
 
 class ContainerKernelManager(AsyncKernelManager):
@@ -437,10 +416,10 @@ class Sandbox:
         """Delete the container (and every process in it) and its cgroups, unmount its socket directory, remove the
         bundle."""
         if self.cgroup is not None:
-            # the runtime removes only the cgroup it put the container in: first everything
-            # below it goes (the kernel's leaf, whatever a lab left), with every process in them
+            # the runtime kills only the cgroup it put the container in: every process below it
+            # (the kernel's leaf, whatever a lab left) goes first; the runtime's delete then
+            # removes the child cgroups with the container's own, as runc does
             self.cgroup.kill_all()
-            self.cgroup.remove_below()
         subprocess.run([*runtime_command(), "--root", str(self.runtime_root), "delete", "-f", self.container_id],
                        capture_output=True)
         if self.cgroup is not None:

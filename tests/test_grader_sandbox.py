@@ -258,20 +258,26 @@ def test_the_kernel_gets_a_delegated_cgroup_but_can_neither_raise_the_graders_li
     assert result.score == sum(FULL.values()) and not result.problem, "the probe cost the kernel nothing"
 
 
+def run_in_sandbox(sandbox, args: list[str]) -> subprocess.CompletedProcess:
+    """Run ``args`` as the grading container's first process instead of the kernel, through the runtime."""
+    from grading.container import runtime_command
+
+    config = json.loads((sandbox.bundle / "config.json").read_text())
+    config["process"]["args"] = args
+    (sandbox.bundle / "config.json").write_text(json.dumps(config))
+    return subprocess.run([*sandbox.cgroup.join_others(), *runtime_command(), "--root", str(sandbox.runtime_root),
+                           "run", "-b", str(sandbox.bundle), sandbox.container_id], capture_output=True, text=True)
+
+
 @pytest.mark.v2
 def test_the_delegated_cgroup_holds_when_the_runtime_runs_the_probe_without_jupyter():
     """The same probe as the container's first process, no kernel: light enough for the v2 guest."""
-    from grading.container import SandboxLimits, enter_kernel_leaf, runtime_command
+    from grading.container import SandboxLimits, enter_kernel_leaf
 
     with GradingEnvironment(SandboxLimits(memory=384 * 2**20)) as env:
         sandbox = env.sandbox(0)
         try:
-            config = json.loads((sandbox.bundle / "config.json").read_text())
-            config["process"]["args"] = [*enter_kernel_leaf(), sys.executable, "-c", CGROUP_PROBE]
-            (sandbox.bundle / "config.json").write_text(json.dumps(config))
-            done = subprocess.run([*sandbox.cgroup.join_others(), *runtime_command(), "--root",
-                                   str(sandbox.runtime_root), "run", "-b", str(sandbox.bundle), sandbox.container_id],
-                                  capture_output=True, text=True)
+            done = run_in_sandbox(sandbox, [*enter_kernel_leaf(), sys.executable, "-c", CGROUP_PROBE])
         finally:
             sandbox.remove()
     assert done.returncode == 0, done.stderr
@@ -308,11 +314,9 @@ def test_the_container_starts_when_its_rootfs_lies_on_a_nosuid_nodev_tmpfs(monke
     them; the retry that does so never ran (it caught OSError, and mount raises KernelError),
     and every grading container failed with "mount on / failed: EPERM"."""
     import tempfile
-
-    from grading.container import runtime_command
-    from minicontainer.kernel import syscalls
-
     from pathlib import Path
+
+    from minicontainer.kernel import syscalls
 
     # not under tmp_path: pytest makes that 0700, and the container's root is an unprivileged host uid
     scratch = Path(tempfile.mkdtemp(prefix="mc-nosuid-", dir="/var/tmp"))
@@ -324,13 +328,9 @@ def test_the_container_starts_when_its_rootfs_lies_on_a_nosuid_nodev_tmpfs(monke
             sandbox = env.sandbox(0)
             try:
                 assert str(sandbox.bundle).startswith(str(scratch)), "the bundle should be on the nosuid tmpfs"
-                config = json.loads((sandbox.bundle / "config.json").read_text())
-                assert config["root"]["readonly"], "the case is a read-only root"
-                config["process"]["args"] = ["/usr/bin/true"]
-                (sandbox.bundle / "config.json").write_text(json.dumps(config))
-                done = subprocess.run([*sandbox.cgroup.join_others(), *runtime_command(), "--root",
-                                       str(sandbox.runtime_root), "run", "-b", str(sandbox.bundle),
-                                       sandbox.container_id], capture_output=True, text=True)
+                assert json.loads((sandbox.bundle / "config.json").read_text())["root"]["readonly"], \
+                    "the case is a read-only root"
+                done = run_in_sandbox(sandbox, ["/usr/bin/true"])
             finally:
                 sandbox.remove()
         assert done.returncode == 0, done.stderr

@@ -164,7 +164,7 @@ def test_a_delegated_cgroups_children_are_removed_deepest_first_so_the_cgroup_it
             os.makedirs(os.path.join(directory, "kernel"))
             os.makedirs(os.path.join(directory, "minicontainer", "lab-container"))
         with pytest.raises(KernelError, match="EBUSY"):
-            cgroups._remove_cgroup_dir(next(iter(cg.paths().values())), "with children", timeout=0)
+            cgroups.remove_cgroup_dir(next(iter(cg.paths().values())), "with children", timeout=0)
         with recording() as trace:
             for directory in dict.fromkeys(cg.paths().values()):
                 cgroups.remove_child_cgroups(directory)

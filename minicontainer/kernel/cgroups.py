@@ -269,7 +269,7 @@ def _make_cgroup_dir(path: str, why: str) -> bool:
         raise KernelError("cgroup_create", exc.errno or 0, f"mkdir {path}") from None
 
 
-def _remove_cgroup_dir(path: str, why: str, timeout: float | None = None) -> None:
+def remove_cgroup_dir(path: str, why: str, timeout: float | None = None) -> None:
     """rmdir a cgroup, waiting briefly while just-killed tasks finish exiting."""
     timeout = RMDIR_TIMEOUT if timeout is None else timeout
     if not is_planning() and not os.path.isdir(path):
@@ -317,7 +317,7 @@ def remove_child_cgroups(directory: str) -> None:
         return
     for parent, children, _ in os.walk(directory, topdown=False):
         for child in children:
-            _remove_cgroup_dir(os.path.join(parent, child), "a cgroup with child cgroups can't be removed: "
+            remove_cgroup_dir(os.path.join(parent, child), "a cgroup with child cgroups can't be removed: "
                                                             "the children go first")
 
 
@@ -551,7 +551,7 @@ class V1Cgroup(Cgroup):
                     made.append(directory)
         except BaseException:
             for directory in reversed(made):
-                _remove_cgroup_dir(directory, "roll back a half-created cgroup")
+                remove_cgroup_dir(directory, "roll back a half-created cgroup")
             raise
 
     def set_limits(self, limits: Limits) -> None:
@@ -638,7 +638,7 @@ class V1Cgroup(Cgroup):
 
     def remove(self) -> None:
         for directory in reversed(self._unique_dirs()):
-            _remove_cgroup_dir(directory, "a cgroup with no tasks left can be removed")
+            remove_cgroup_dir(directory, "a cgroup with no tasks left can be removed")
 
 
 # ---- cgroup v2 ------------------------------------------------------------------------
@@ -891,7 +891,7 @@ class V2Cgroup(Cgroup):
 
     def remove(self) -> None:
         # only the container's own cgroup: the shared parent stays (see the class docstring)
-        _remove_cgroup_dir(self.dir, "a cgroup with no tasks left can be removed")
+        remove_cgroup_dir(self.dir, "a cgroup with no tasks left can be removed")
 
 
 def open_cgroup(name: str, *, root: str = DEFAULT_ROOT, mode: Mode | None = None,
