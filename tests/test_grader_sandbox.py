@@ -16,7 +16,8 @@ from grading.autograde import autograde
 from grading.cells import read_notebook, source_text
 from grading.container import GradingEnvironment
 from grading.grade import Limits, grade_notebook
-from grading.labs import find_lab
+from grading.labs import all_labs, find_lab
+from grading.validate import validate
 from grading_corpus import ATTACK_NAMES, FULL, LAB, attack_cells, corpus, write_corpus
 
 pytestmark = pytest.mark.slow
@@ -149,6 +150,15 @@ def test_the_kernel_runs_as_an_unprivileged_host_user_without_the_labs_folder(tm
     assert lines["LOUP"] == "1", "the loopback is up, so a lab can serve on 127.0.0.1"
     assert subprocess.run(["grep", "-c", "grading-kernel", "/proc/mounts"], capture_output=True,
                           text=True).stdout.strip() == "0"
+
+
+@pytest.mark.parametrize("lab", all_labs(), ids=lambda lab: lab.name)
+def test_every_lab_scores_full_marks_in_the_grading_container_and_its_starter_zero(lab):
+    """What labs/README.md's table "Which labs autograde can grade" says, measured for every lab:
+    autograde's preflight grades each reference solution exactly this way before a batch."""
+    with GradingEnvironment() as env:
+        v = validate(lab, runner=env.runner(0))
+    assert v.ok, f"{lab.name} in the grading container: " + "; ".join(v.problems)
 
 
 def test_a_lab_whose_reference_solution_fails_in_the_container_is_refused_before_any_submission(tmp_path):
