@@ -22,6 +22,7 @@ default seccomp profile, masked and read-only paths, the device allow-list), plu
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -61,6 +62,7 @@ class SandboxLimits:
     cpus: float = 1.0
     tmp_size: str = "256m"        # /tmp: the lab's engine root lives here; tmpfs pages count against memory
     work_size: str = "64m"        # the kernel's working directory
+    cgroups: int = 64             # v2: cgroups the container may create (cgroup.max.descendants); v1 has no such cap
 
 
 def runtime_command() -> list[str]:
@@ -210,6 +212,10 @@ class DelegatedCgroup:
                 cgroups.write_cgroup_file(os.path.join(made.outer_dirs()[0], "cgroup.subtree_control"),
                                           " ".join(f"+{c}" for c in cgroups.V2_CONTROLLERS),
                                           "the delegated cgroup may hand these controllers to the cgroups it creates")
+                # each cgroup costs the kernel memory: bound how many the container may make (delegated/,
+                # the kernel's leaf, and a lab's own) on a file it can't write, as the pids limit bounds forks
+                cgroups.write_cgroup_file(os.path.join(made.outer_dirs()[0], "cgroup.max.descendants"),
+                                          str(limits.cgroups), "a container may not create cgroups without end")
             for directory in made.dirs(DELEGATED) + made.leaf_dirs():
                 made.delegate(directory)
             for directory in other_hierarchy_dirs(made.outer, os.path.basename(made.outer_dirs()[0])):
@@ -285,8 +291,11 @@ class DelegatedCgroup:
             for directory, _, _ in os.walk(top):
                 try:
                     found.update(int(p) for p in Path(directory, "cgroup.procs").read_text().split())
-                except FileNotFoundError:
-                    pass
+                except OSError as exc:
+                    # the runtime removes the container's cgroup when its init exits, which may be
+                    # while we walk: gone before the open (ENOENT) or after it (ENODEV) is empty
+                    if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                        raise
         return sorted(found)
 
     def remove(self) -> None:
@@ -460,8 +469,10 @@ class GradingEnvironment:
                 return run_notebook(nb, cwd=str(sandbox.bundle), km=km, cell_timeout=limits.cell_timeout,
                                     notebook_timeout=limits.notebook_timeout, output_cap=limits.output_cap)
             finally:
-                sandbox.remove()
-                km.reap()
+                try:
+                    sandbox.remove()
+                finally:
+                    km.reap()     # the runtime's process, even if removing the container failed
         return run
 
     def close(self) -> None:

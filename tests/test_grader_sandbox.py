@@ -4,17 +4,20 @@ way out of its container gets nothing, while the next one is graded normally."""
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 import socket
 import subprocess
 import sys
+import uuid
+from pathlib import Path
 
 import pytest
 
 from grading.autograde import autograde
 from grading.cells import read_notebook, source_text
-from grading.container import GradingEnvironment
+from grading.container import DELEGATED, UID_BASE, DelegatedCgroup, GradingEnvironment, SandboxLimits
 from grading.grade import Limits, grade_notebook
 from grading.labs import all_labs, find_lab
 from grading.validate import validate
@@ -152,6 +155,7 @@ def test_the_kernel_runs_as_an_unprivileged_host_user_without_the_labs_folder(tm
                           text=True).stdout.strip() == "0"
 
 
+@pytest.mark.v2
 @pytest.mark.parametrize("lab", all_labs(), ids=lambda lab: lab.name)
 def test_every_lab_scores_full_marks_in_the_grading_container_and_its_starter_zero(lab):
     """What labs/README.md's table "Which labs autograde can grade" says, measured for every lab:
@@ -178,6 +182,31 @@ def test_a_lab_whose_reference_solution_fails_in_the_container_is_refused_before
                                           r"there \(toy-setup: FileNotFoundError"):
         autograde(Lab("99-toy", folder), tmp_path / "in", tmp_path / "out")
     assert not (tmp_path / "out" / "grades.csv").exists()
+
+
+@pytest.mark.v2
+def test_a_cgroup_the_runtime_removes_while_the_grader_looks_for_processes_counts_as_empty(monkeypatch):
+    """Found in the v2 guest: the runtime removes the container's cgroup when the kernel exits,
+    which can fall between the grader opening a cgroup.procs and reading it (ENODEV). Here the
+    rmdir is put exactly there; the kernel's answer is real."""
+    made = DelegatedCgroup.create("grading-" + uuid.uuid4().hex[:12], UID_BASE, SandboxLimits())
+    try:
+        victim = made.dirs(DELEGATED, "vanishing")[0]
+        os.mkdir(victim)
+        real_open = Path.open
+
+        def open_then_remove(path, *args, **kwargs):
+            f = real_open(path, *args, **kwargs)
+            if str(path) == f"{victim}/cgroup.procs":
+                os.rmdir(victim)            # the runtime's clean-up, between our open and read
+            return f
+
+        monkeypatch.setattr(Path, "open", open_then_remove)
+        assert made.pids() == [], "a cgroup removed under us holds no process"
+        assert not os.path.exists(victim)
+    finally:
+        monkeypatch.undo()
+        made.remove()
 
 
 # Run inside a grading container: try to raise the grader's limits, look past the delegated
@@ -228,6 +257,19 @@ R["hog_limit"] = try_write(f"{hog}/memory.max" if v2 else f"{hog}/memory.limit_i
 done = subprocess.run(["/bin/sh", "-c", f'echo $$ > {hog}/cgroup.procs && exec "$0" -c "x = b\'x\' * (600 << 20)"',
                        __import__("sys").executable])
 R["hog_returncode"] = done.returncode
+# v2: how many cgroups the container may create before the grader's cgroup.max.descendants refuses
+made, refused = [], None
+if v2:
+    for i in range(200):
+        try:
+            os.mkdir(f"{cg}/flood-{i}")
+            made.append(f"{cg}/flood-{i}")
+        except OSError as exc:
+            refused = exc.errno
+            break
+    for d in made:
+        os.rmdir(d)
+R["flood"] = [len(made), refused]
 R["own_after"] = open("/proc/self/cgroup").read().split()
 print("CGROUPS " + json.dumps(R))
 '''
@@ -250,6 +292,10 @@ def assert_cgroup_probe(text: str) -> None:
     assert not any("/.." in line for line in got["own"] + got["own_after"]), \
         "the kernel never sits outside the delegated subtree (/proc/self/cgroup would show /..)"
     assert any(line.endswith(":/kernel") for line in got["own"]), "the kernel lives in its leaf"
+    if got["v2"]:   # v1 has no cap on how many cgroups a hierarchy may hold
+        made, refused = got["flood"]
+        assert refused == errno.EAGAIN and made == SandboxLimits().cgroups - 3, \
+            f"cgroup.max.descendants bounds the cgroups a container makes (delegated/, kernel/ and hog/ count): {got['flood']}"
 
 
 def test_the_kernel_gets_a_delegated_cgroup_but_can_neither_raise_the_graders_limits_nor_see_past_it(tmp_path):
