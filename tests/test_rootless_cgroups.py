@@ -19,6 +19,8 @@ from minicontainer.errors import KernelError
 from minicontainer.kernel import cgroups, mounts, syscalls
 from minicontainer.kernel.devices import DEFAULT_RULES, attach_device_program, device_program, \
     in_initial_user_namespace
+from minicontainer.runtime.bundle_config import BundleConfig, Mount
+from minicontainer.runtime.bundle_init import populate_dev
 from minicontainer.trace import recording
 
 pytestmark = pytest.mark.v2   # the device cgroup differs most between v1 and v2: run in the v2 guest too
@@ -154,6 +156,30 @@ def test_in_the_hosts_user_namespace_mount_dev_still_makes_the_nodes_with_mknod(
     assert "error" not in got, got
     assert got["value"]["mknod"] == "allowed" and got["value"]["null"] == [True, 1, 3]
     assert "mknod null 1:3" in got["value"]["call"] and "bind" not in got["value"]["call"]
+
+
+def _runtime_populate_dev_in(rootfs: str) -> dict:
+    """minicontainer runtime's /dev for a bundle that asks for no user namespace of its own."""
+    syscalls.mount("tmpfs", rootfs, "tmpfs", 0, "size=1m")
+    os.mkdir(os.path.join(rootfs, "dev"))
+    syscalls.mount("tmpfs", os.path.join(rootfs, "dev"), "tmpfs", 0, "size=1m")
+    config = BundleConfig(bundle=rootfs, raw={}, args=["true"], env=[], cwd="/", rootfs=rootfs,
+                          mounts=[Mount("/dev", "tmpfs", "tmpfs", ["nosuid"])], namespaces={"mount": ""})
+    populate_dev(config)
+    null = os.stat(os.path.join(rootfs, "dev/null"))
+    with open(os.path.join(rootfs, "dev/zero"), "rb") as f:
+        zero = f.read(4)
+    return {"null": [stat.S_ISCHR(null.st_mode), os.major(null.st_rdev), os.minor(null.st_rdev)], "zero": zero.hex()}
+
+
+def test_the_runtime_run_inside_a_user_namespace_binds_device_nodes_for_a_bundle_without_one(tmp_path):
+    """Nested in a user namespace (the grader's container), a bundle with no user namespace of
+    its own still can't mknod: the runtime binds the nodes, as it does for a bundle that has one."""
+    (tmp_path / "rootfs").mkdir()
+    got = in_child(lambda: _runtime_populate_dev_in(str(tmp_path / "rootfs")))
+    assert got == {"value": {"null": [True, 1, 3], "zero": "00000000"}}, got
+    got = in_child(lambda: _runtime_populate_dev_in(str(tmp_path / "rootfs")), user_namespace=False)
+    assert got == {"value": {"null": [True, 1, 3], "zero": "00000000"}}, "on the host: mknod, as before"
 
 
 def test_a_delegated_cgroups_children_are_removed_deepest_first_so_the_cgroup_itself_can_go():
