@@ -27,10 +27,10 @@ demo: compile
 test: compile
 	$(PY) -m pytest -q --nbval-lax tests notebooks
 
-# Every test marked v2 (tests/test_cgroups.py, test_run.py, test_sandbox.py, the notebooks)
+# Every test marked v2 (tests/test_cgroups.py, test_run.py, test_sandbox.py, the notebooks, the labs)
 # in a guest booted from Debian's kernel with the host's systemd as PID 1: see docs/v2-guest.md.
 test-v2: compile
-	scripts/v2guest/run.sh --timeout 1500 -- $(PY) -m pytest -q --nbval-lax -m v2 tests notebooks
+	scripts/v2guest/run.sh --timeout 2700 -- $(PY) -m pytest -q --nbval-lax -m v2 tests notebooks
 
 # tests/browser (left out of `make test` by pyproject's pytest options); it installs chromium,
 # the CJK fonts and Playwright first
