@@ -22,7 +22,6 @@ default seccomp profile, masked and read-only paths, the device allow-list), plu
 """
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -289,13 +288,8 @@ class DelegatedCgroup:
         found: set[int] = set()
         for top in self.outer_dirs() + self.others:
             for directory, _, _ in os.walk(top):
-                try:
-                    found.update(int(p) for p in Path(directory, "cgroup.procs").read_text().split())
-                except OSError as exc:
-                    # the runtime removes the container's cgroup when its init exits, which may be
-                    # while we walk: gone before the open (ENOENT) or after it (ENODEV) is empty
-                    if exc.errno not in (errno.ENOENT, errno.ENODEV):
-                        raise
+                # the runtime removes the container's cgroup when its init exits, maybe while we walk
+                found.update(cgroups.procs_in(directory))
         return sorted(found)
 
     def remove(self) -> None:

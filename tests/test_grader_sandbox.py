@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -17,10 +18,12 @@ import pytest
 
 from grading.autograde import autograde
 from grading.cells import read_notebook, source_text
-from grading.container import DELEGATED, UID_BASE, DelegatedCgroup, GradingEnvironment, SandboxLimits
+from grading.container import (DELEGATED, UID_BASE, DelegatedCgroup, GradingEnvironment, SandboxLimits, default_config,
+                               enter_kernel_leaf, kernel_config, runtime_command)
 from grading.grade import Limits, grade_notebook
 from grading.labs import all_labs, find_lab
 from grading.validate import validate
+from minicontainer.kernel import cgroups, syscalls
 from grading_corpus import ATTACK_NAMES, FULL, LAB, attack_cells, corpus, write_corpus
 
 pytestmark = pytest.mark.slow
@@ -193,15 +196,14 @@ def test_a_cgroup_the_runtime_removes_while_the_grader_looks_for_processes_count
     try:
         victim = made.dirs(DELEGATED, "vanishing")[0]
         os.mkdir(victim)
-        real_open = Path.open
 
         def open_then_remove(path, *args, **kwargs):
-            f = real_open(path, *args, **kwargs)
+            f = open(path, *args, **kwargs)
             if str(path) == f"{victim}/cgroup.procs":
                 os.rmdir(victim)            # the runtime's clean-up, between our open and read
             return f
 
-        monkeypatch.setattr(Path, "open", open_then_remove)
+        monkeypatch.setattr(cgroups, "open", open_then_remove, raising=False)   # the cgroup files' reader
         assert made.pids() == [], "a cgroup removed under us holds no process"
         assert not os.path.exists(victim)
     finally:
@@ -299,8 +301,6 @@ def assert_cgroup_probe(text: str) -> None:
 
 
 def test_the_kernel_gets_a_delegated_cgroup_but_can_neither_raise_the_graders_limits_nor_see_past_it(tmp_path):
-    from grading.container import SandboxLimits
-
     lab = find_lab(LAB)
     source = read_notebook(lab.source)
     probe = json.loads(json.dumps(source))
@@ -316,8 +316,6 @@ def test_the_kernel_gets_a_delegated_cgroup_but_can_neither_raise_the_graders_li
 
 def run_in_sandbox(sandbox, args: list[str]) -> subprocess.CompletedProcess:
     """Run ``args`` as the grading container's first process instead of the kernel, through the runtime."""
-    from grading.container import runtime_command
-
     config = json.loads((sandbox.bundle / "config.json").read_text())
     config["process"]["args"] = args
     (sandbox.bundle / "config.json").write_text(json.dumps(config))
@@ -328,8 +326,6 @@ def run_in_sandbox(sandbox, args: list[str]) -> subprocess.CompletedProcess:
 @pytest.mark.v2
 def test_the_delegated_cgroup_holds_when_the_runtime_runs_the_probe_without_jupyter():
     """The same probe as the container's first process, no kernel: light enough for the v2 guest."""
-    from grading.container import SandboxLimits, enter_kernel_leaf
-
     with GradingEnvironment(SandboxLimits(memory=384 * 2**20)) as env:
         sandbox = env.sandbox(0)
         try:
@@ -341,10 +337,6 @@ def test_the_delegated_cgroup_holds_when_the_runtime_runs_the_probe_without_jupy
 
 
 def test_the_kernels_config_leaves_the_limits_to_the_graders_cgroup_and_mounts_the_delegated_one_writable():
-    from pathlib import Path
-
-    from grading.container import DELEGATED, SandboxLimits, default_config, enter_kernel_leaf, kernel_config
-
     config = kernel_config(default_config(), Path("/rootfs"), Path("/kernel-dir"), 0, SandboxLimits(),
                            "/run/kernel/connection.json", f"minicontainer-grading-x/{DELEGATED}")
     linux = config["linux"]
@@ -369,11 +361,6 @@ def test_the_container_starts_when_its_rootfs_lies_on_a_nosuid_nodev_tmpfs(monke
     container's user namespace those flags are locked, so remounting / read-only must repeat
     them; the retry that does so never ran (it caught OSError, and mount raises KernelError),
     and every grading container failed with "mount on / failed: EPERM"."""
-    import tempfile
-    from pathlib import Path
-
-    from minicontainer.kernel import syscalls
-
     # not under tmp_path: pytest makes that 0700, and the container's root is an unprivileged host uid
     scratch = Path(tempfile.mkdtemp(prefix="mc-nosuid-", dir="/var/tmp"))
     scratch.chmod(0o755)

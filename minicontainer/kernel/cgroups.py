@@ -259,7 +259,7 @@ def _make_cgroup_dir(path: str, why: str) -> bool:
     except FileExistsError:
         # A leftover from a crash (same name, no processes) is adopted, as runc does;
         # a cgroup that holds processes belongs to someone else.
-        if _procs_in(path):
+        if procs_in(path):
             raise MinicontainerError(f"cgroup {path} already exists and holds processes: "
                                      "another container uses this name; remove it or pick another name") from None
         return False
@@ -302,7 +302,7 @@ def remove_cgroup_dir(path: str, why: str, timeout: float | None = None) -> None
 def _what_is_left(path: str) -> str:
     """The processes and child cgroups that keep a cgroup from being removed, for the error message."""
     children = sorted(e.name for e in os.scandir(path) if e.is_dir()) if os.path.isdir(path) else []
-    procs = _procs_in(path)
+    procs = procs_in(path)
     parts = ([f"processes {procs[:5]}"] if procs else []) + ([f"child cgroups {children[:5]}"] if children else [])
     return " and ".join(parts) or "no process or child cgroup any more (a process may still be exiting)"
 
@@ -321,11 +321,18 @@ def remove_child_cgroups(directory: str) -> None:
                                                             "the children go first")
 
 
-def _procs_in(directory: str) -> list[int]:
+def procs_in(directory: str) -> list[int]:
+    """The processes in one cgroup directory (its cgroup.procs); none if the cgroup is gone.
+
+    A cgroup removed while we look (by a runtime whose container just exited) is gone before
+    the open (ENOENT) or between the open and the read (ENODEV): either way it holds nobody.
+    """
     try:
         text = _read(os.path.join(directory, "cgroup.procs"))
-    except FileNotFoundError:
-        return []
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENODEV):
+            return []
+        raise
     return [int(p) for p in text.split()]
 
 
@@ -431,7 +438,7 @@ class Cgroup(ABC):
         """The processes (thread group ids) in the cgroup."""
         found: set[int] = set()
         for path in self.procs_files():
-            found.update(_procs_in(os.path.dirname(path)))
+            found.update(procs_in(os.path.dirname(path)))
         return sorted(found)
 
     def oom_killed(self) -> bool:
@@ -753,8 +760,8 @@ class V2Cgroup(Cgroup):
             return
         # systemd makes the unit's cgroup a moment before it moves the process in; enabling
         # controllers in between would make that move (and the unit) fail
-        _wait_until(lambda: os.path.isdir(leaf) or bool(_procs_in(self.parent)), KILL_TIMEOUT)
-        keepers = _procs_in(self.parent)
+        _wait_until(lambda: os.path.isdir(leaf) or bool(procs_in(self.parent)), KILL_TIMEOUT)
+        keepers = procs_in(self.parent)
         if keepers:
             if not os.path.isdir(leaf):
                 _make_cgroup_dir(leaf, "a leaf for the unit's own process: no internal processes")
