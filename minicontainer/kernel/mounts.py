@@ -166,7 +166,7 @@ def _populate_dev(dev: str, bind_nodes: bool = False) -> None:
     sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID, "mode=755,size=65536k")
     for name, (major, minor) in DEVICES.items():
         if bind_nodes:
-            _bind_device_node(name, f"{dev}/{name}")
+            bind_device_node(f"/dev/{name}", f"{dev}/{name}")
             continue
         os.mknod(f"{dev}/{name}", 0o666 | stat.S_IFCHR, os.makedev(major, minor))
         os.chmod(f"{dev}/{name}", 0o666)  # mknod honours the umask
@@ -179,11 +179,12 @@ def _populate_dev(dev: str, bind_nodes: bool = False) -> None:
         os.symlink(target, f"{dev}/{link}")
 
 
-def _bind_device_node(name: str, target: str) -> None:
-    """Bind our own /dev/<name> onto an empty file at ``target`` (a device node, without mknod)."""
-    with open(target, "x"):
-        pass
-    sc.mount(f"/dev/{name}", target, None, sc.MS_BIND)
+def bind_device_node(source: str, target: str) -> None:
+    """Bind the device node ``source`` onto an empty file at ``target``: a device node without mknod."""
+    os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+    if not os.path.lexists(target):
+        open(target, "a").close()
+    sc.mount(source, target, None, sc.MS_BIND)
 
 
 def mount_dev(rootfs: str) -> Step:

@@ -251,11 +251,7 @@ def populate_dev(config: BundleConfig) -> Step | None:
 
 
 def _bind_node(dev: str, node: dict) -> None:
-    path = os.path.join(dev, node["path"][len("/dev/"):])
-    os.makedirs(os.path.dirname(path), 0o755, exist_ok=True)
-    if not os.path.lexists(path):
-        open(path, "a").close()
-    sc.mount(node["path"], path, None, sc.MS_BIND)
+    mounts.bind_device_node(node["path"], os.path.join(dev, node["path"][len("/dev/"):]))
 
 
 def _make_node(dev: str, node: dict) -> None:
