@@ -138,12 +138,26 @@ def set_up_cgroup(config: BundleConfig, cgroup: Cgroup, parents: list[str]) -> N
             cgroup.allow_devices(config.devices)
     except BaseException:
         try:
-            cgroup.remove()
-            for parent in reversed(made):
-                os.rmdir(parent)
+            remove_container_cgroup(cgroup, made)
         except (MinicontainerError, OSError):
             pass   # the error that stopped the setup is the one to report, not a failed clean-up after it
         raise
+
+
+def remove_container_cgroup(cgroup: Cgroup, parents: list[str]) -> None:
+    """Kill what is left in the container's cgroup, remove the cgroups below it (a delegated
+    cgroup may have some; runc removes them too), the cgroup itself, then the parents made for it."""
+    from ..kernel.cgroups import remove_child_cgroups
+
+    cgroup.kill_all()
+    for directory in dict.fromkeys(cgroup.paths().values()):
+        remove_child_cgroups(directory)
+    cgroup.remove()
+    for parent in reversed(parents):
+        try:
+            os.rmdir(parent)
+        except OSError:
+            pass   # another container uses it now
 
 
 def inherit_cpuset(directory: str) -> None:
@@ -307,10 +321,7 @@ def create(root: str, container_id: str, bundle: str, pid_file: str | None = Non
             sigkill(init_pid)
         if cgroup is not None:
             try:
-                cgroup.kill_all()
-                cgroup.remove()
-                for parent in reversed(parents):
-                    os.rmdir(parent)
+                remove_container_cgroup(cgroup, parents)
             except (MinicontainerError, OSError):
                 pass   # report what stopped the create, not a failed clean-up after it
         if os.path.exists(os.path.join(state_dir, "state.json")):

@@ -13,7 +13,7 @@ import shutil
 import signal
 
 from .. import trace
-from .bundle_create import create, hooks_of, reap, release_host_mounts, run_hooks, sigkill
+from .bundle_create import create, hooks_of, reap, release_host_mounts, remove_container_cgroup, run_hooks, sigkill
 # re-exported: the command line takes every verb from here
 from .bundle_state import OCI_VERSION, Container, RuntimeFailure, default_root, list_containers, load  # noqa: F401
 
@@ -128,17 +128,7 @@ def destroy(container: Container) -> None:
         sigkill(container.record.init_pid)
     cgroup = container.cgroup()
     if cgroup is not None:
-        from ..kernel.cgroups import remove_child_cgroups
-
-        cgroup.kill_all()
-        for directory in dict.fromkeys(cgroup.paths().values()):
-            remove_child_cgroups(directory)   # a delegated cgroup may have children (runc removes them too)
-        cgroup.remove()
-        for parent in reversed(container.record.cgroup_parents):
-            try:
-                os.rmdir(parent)
-            except OSError:
-                pass   # another container uses it now
+        remove_container_cgroup(cgroup, container.record.cgroup_parents)
     release_host_mounts(container.record)
     state = container.hook_state("stopped")
     shutil.rmtree(container.dir, ignore_errors=True)
