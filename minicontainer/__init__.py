@@ -13,9 +13,10 @@ TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which co
 __version__ = "0.1.0"
 __all__ = ["run", "plan", "create", "start", "stop", "restart", "kill", "pause", "unpause", "rm", "exec", "ps",
            "logs", "wait", "inspect", "commit", "build", "history", "Sandbox", "StepPlayer", "images", "pull", "push", "tag", "Trace", "Step", "namespace_ids",
-           "MinicontainerError"]
+           "DelegatedCgroup", "MinicontainerError"]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .engine.delegated_cgroup import DelegatedCgroup
     from .engine.run import plan, run
     from .engine.sandbox import Sandbox
     from .errors import MinicontainerError
@@ -41,6 +42,8 @@ _LAZY = {
     # Back and Next through a Trace, or through a live Sandbox's steps (ipywidgets, with a static fallback)
     "StepPlayer": ("step_player", "StepPlayer"),
     "namespace_ids": ("kernel.namespaces", "namespace_ids"),
+    # cgroups a container in a user namespace may create below its limits (the grader's containers)
+    "DelegatedCgroup": ("engine.delegated_cgroup", "DelegatedCgroup"),
     "MinicontainerError": ("errors", "MinicontainerError"),
 }
 

@@ -18,11 +18,12 @@ import pytest
 
 from grading.autograde import autograde
 from grading.cells import read_notebook, source_text
-from grading.container import (DELEGATED, UID_BASE, DelegatedCgroup, GradingEnvironment, SandboxLimits, default_config,
+from grading.container import (KERNEL_LEAF, UID_BASE, GradingEnvironment, SandboxLimits, default_config,
                                enter_kernel_leaf, kernel_config, runtime_command)
 from grading.grade import Limits, grade_notebook
 from grading.labs import all_labs, find_lab
 from grading.validate import validate
+from minicontainer.engine.delegated_cgroup import DELEGATED, DelegatedCgroup
 from minicontainer.kernel import cgroups, syscalls
 from grading_corpus import ATTACK_NAMES, FULL, LAB, attack_cells, corpus, write_corpus
 
@@ -192,7 +193,9 @@ def test_a_cgroup_the_runtime_removes_while_the_grader_looks_for_processes_count
     """Found in the v2 guest: the runtime removes the container's cgroup when the kernel exits,
     which can fall between the grader opening a cgroup.procs and reading it (ENODEV). Here the
     rmdir is put exactly there; the kernel's answer is real."""
-    made = DelegatedCgroup.create("grading-" + uuid.uuid4().hex[:12], UID_BASE, SandboxLimits())
+    limits = SandboxLimits()
+    made = DelegatedCgroup.create("grading-" + uuid.uuid4().hex[:12], UID_BASE, memory=limits.memory, pids=limits.pids,
+                                  cpus=limits.cpus, max_descendants=limits.cgroups, leaf=KERNEL_LEAF)
     try:
         victim = made.dirs(DELEGATED, "vanishing")[0]
         os.mkdir(victim)
