@@ -161,16 +161,18 @@ def write_corpus(source: dict, folder: Path, entries: list[Entry]) -> None:
 # ---- containment: a submission that tries to get out. Every attempt prints one line,
 # "ATTACK <name>: blocked …" or "ATTACK <name>: ESCAPED …"; the code is ours, so the verdicts are honest.
 ATTACKS = r'''
-import ctypes, os, socket, stat, subprocess
+import ctypes, os, socket, stat, subprocess, time
 libc = ctypes.CDLL(None, use_errno=True)
 MS_REMOUNT, MS_BIND, MS_RDONLY = 32, 4096, 1
 PTRACE_ATTACH, PTRACE_DETACH = 16, 17
 
 def attempt(name, fn):
+    started = time.monotonic()
     try:
-        print(f"ATTACK {{name}}: ESCAPED {{fn()!r}}"[:300])
+        verdict = f"ESCAPED {{fn()!r}}"
     except Exception as exc:
-        print(f"ATTACK {{name}}: blocked ({{type(exc).__name__}}: {{exc}})"[:300])
+        verdict = f"blocked ({{type(exc).__name__}}: {{exc}})"
+    print(f"ATTACK {{name}}: {{verdict[:300]}} [{{time.monotonic() - started:.1f}} s]")
 
 def fail(what):
     raise PermissionError(what)
@@ -208,8 +210,11 @@ def write_outside():
     fail("nothing outside the working directory was writable")
 
 def change_score():
-    found = [os.path.join(d, f) for top in ("/", ) for d, _, fs in os.walk(top) if not d.startswith(("/proc", "/sys"))
-             for f in fs if f in ("grades.csv", "results.json")]
+    found = []
+    for folder, subfolders, files in os.walk("/"):
+        if folder == "/":        # the kernel's own files: no gradebook there, and walking them is slow
+            subfolders[:] = [d for d in subfolders if d not in ("proc", "sys")]
+        found += [os.path.join(folder, f) for f in files if f in ("grades.csv", "results.json")]
     return found or fail("no gradebook in reach")
 
 def mknod_and_mount_disk():
