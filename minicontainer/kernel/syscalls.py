@@ -142,10 +142,23 @@ def set_parent_death_signal(sig: int, parent: int = 0) -> None:
 
     ``parent``: the pid that forked us. If it died before the prctl, no signal will ever
     come (we already have a new parent), so we end now instead of running on as an orphan.
+    getppid() answers 0 to PID 1 of a new pid namespace (its parent is outside it); then
+    the parent is read from the mounted /proc, and ``parent`` is in /proc's terms.
     """
     _check(libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
-    if parent and os.getppid() != parent:
+    if parent and _parent_pid() not in (parent, None):
         os._exit(128 + sig)
+
+
+def _parent_pid() -> int | None:
+    """getppid(), or for PID 1 of a new pid namespace its parent as /proc numbers it (None without /proc)."""
+    if ppid := os.getppid():
+        return ppid
+    try:
+        with open("/proc/self/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        return None
 
 
 def drop_from_bounding_set(cap: int) -> None:

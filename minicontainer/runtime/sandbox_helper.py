@@ -31,7 +31,8 @@ def _unshare(kinds: list[str]) -> dict:
     # unshare(CLONE_NEWPID) moved only our *future children* into the new namespace, so
     # fork: the child, PID 1 over there, carries on serving requests; we wait for it.
     sys.stdout.flush()
-    helper = procfs_pid("self")     # in /proc's own terms: the child reads its parent from the same /proc
+    # our pid in /proc's terms: the child, PID 1 over there, reads its parent there (0: no /proc, no check)
+    helper = int(os.readlink("/proc/self")) if os.path.exists("/proc/self") else 0
     child = os.fork()
     if child == 0:
         record_init_fork()
@@ -42,26 +43,11 @@ def _unshare(kinds: list[str]) -> dict:
         # and it dies with us, whatever ends us. A Python handler runs between bytecodes, so a
         # SIGTERM that lands just before the blocking read of the next request waits for that
         # request; the kernel's SIGKILL on our death can't be missed, and no orphan is left
-        syscalls.set_parent_death_signal(signal.SIGKILL)
-        if helper is not None and procfs_pid("parent") not in (helper, None):   # we died before the prctl:
-            os._exit(128 + signal.SIGKILL)                                     # no signal will ever come
+        syscalls.set_parent_death_signal(signal.SIGKILL, parent=helper)
         return {"pid": int(os.readlink("/proc/self"))}
     _, status = os.waitpid(child, 0)
     # pass the child's fate on: its exit code, or 128+N if a signal (say the OOM killer's) ended it
     os._exit(os.WEXITSTATUS(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
-
-
-def procfs_pid(whose: str) -> int | None:
-    """Our pid ("self") or our parent's ("parent") as the mounted /proc numbers them, None without a /proc.
-
-    getppid() answers 0 to PID 1 of a new namespace: its parent is outside it."""
-    try:
-        if whose == "self":
-            return int(os.readlink("/proc/self"))
-        with open("/proc/self/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError):
-        return None
 
 
 # read at start, while /proc is still the host's: after pivot_root it may not be mounted
